@@ -30,10 +30,14 @@ class TrainConfig:
     ema_decay: float = 0.9999  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
     ema_start: int = 0  # before this step G_ema is a copy of G (decay 0)
     ortho_reg: float = 0.0  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as in released runs)
+    ckpt_every: int = 1000  # full training-state checkpoint every this many steps (and at the end / on preemption)
+    keep_last: int = 3  # step checkpoints kept (latest.pt and best.pt come on top)
+    preempt_grace_seconds: float = 25.0  # after SIGTERM/SIGINT: finish the step, checkpoint, exit 0 within this time
+    max_rollbacks: int = 3  # non-finite loss/grad at a tick: reload the last good checkpoint at most this often, then stop
 
     def validate(self) -> None:
         """Reject values the loop cannot run with."""
-        for key in ("total_steps", "batch_size", "accumulate", "num_d_steps"):
+        for key in ("total_steps", "batch_size", "accumulate", "num_d_steps", "ckpt_every", "keep_last"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
         if self.batch_size % self.accumulate:
@@ -44,6 +48,11 @@ class TrainConfig:
             raise ConfigError(f"train.lr_g and train.lr_d must be > 0, got {self.lr_g} and {self.lr_d}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.preempt_grace_seconds <= 0 or self.max_rollbacks < 0:
+            raise ConfigError(
+                f"train.preempt_grace_seconds must be > 0 and train.max_rollbacks >= 0, "
+                f"got {self.preempt_grace_seconds} and {self.max_rollbacks}"
+            )
         if self.ortho_reg < 0:
             raise ConfigError(f"train.ortho_reg must be >= 0, got {self.ortho_reg}")
 
@@ -54,13 +63,11 @@ class LogConfig:
 
     every: int = 100  # tick: status line, stats.jsonl, TensorBoard scalars
     sample_every: int = 1000  # fixed-z sample grids of G_ema and G (PNG + TensorBoard)
-    ckpt_every: int = 1000  # full training-state checkpoint
-    keep_last: int = 3  # checkpoints kept besides latest and best-by-FID
     num_samples: int = 64  # images in each fixed-z grid
     progress_bar: bool = True  # tqdm bar (only shown on a TTY)
 
     def validate(self) -> None:
         """Intervals must be positive; grids need at least one image."""
-        for key in ("every", "sample_every", "ckpt_every", "keep_last", "num_samples"):
+        for key in ("every", "sample_every", "num_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"log.{key} must be >= 1, got {getattr(self, key)}")

@@ -1,0 +1,135 @@
+"""The hot step: one D update and one G update as plain functions.
+
+Both take every input explicitly and return **detached device tensors** (losses, mean logits, gradient norms). Nothing
+here calls ``.item()``, prints a tensor or branches on a tensor value, so a step never waits for the device (and never
+cuts the graph on XLA); the loop sums the returned tensors and reads them once per tick.
+
+BigGAN details kept here:
+- D sees ``cat(x_fake, x_real)`` in one forward (one BN/SN pass over both halves), with G under ``no_grad``.
+- Fresh z for every D step and for the G step (the caller draws it).
+- ``requires_grad`` is switched off for the network that is not being trained, so no gradient is computed for it.
+- Gradient accumulation splits the batch into ``accumulate`` micro-batches, each loss scaled by ``1/accumulate``.
+- Under bf16 autocast the logits are cast to fp32 before the loss; SN power iteration and SMYRF hashing keep fp32
+  inside the model layers.
+
+Shape legend: B batch, C channels, h×w spatial size.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from biggan.training.losses import DLoss
+
+__all__ = ["d_step", "g_step", "set_requires_grad", "grad_norm"]
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    """Toggle gradients for every parameter of ``module`` (the frozen network's weights then get no .grad)."""
+    for param in module.parameters():
+        param.requires_grad_(flag)
+
+
+def grad_norm(module: nn.Module) -> Tensor:
+    """Global L2 norm of all gradients, as a device tensor (no host sync)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    if not norms:
+        return torch.zeros((), device=next(module.parameters()).device)
+    return torch.stack(norms).norm()
+
+
+def _chunks(x: Optional[Tensor], n: int) -> list[Optional[Tensor]]:
+    """Split along the batch dim into ``n`` equal micro-batches (None stays None)."""
+    return [None] * n if x is None else list(x.chunk(n))
+
+
+def d_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_D: torch.optim.Optimizer,
+    x_real: Tensor,
+    z: Tensor,
+    y: Optional[Tensor],
+    loss_d: Callable[[Tensor, Tensor], DLoss],
+    optimizer_step: Callable[[torch.optim.Optimizer], None],
+    autocast: Callable[[], object],
+    accumulate: int = 1,
+) -> dict[str, Tensor]:
+    """One D update on reals ``x_real`` (B, 3, h, w) and fakes G(z, y); returns detached D statistics.
+
+    Args:
+        G, D: the (possibly DDP-wrapped) networks; G runs under ``no_grad``.
+        opt_D: D's optimiser.
+        x_real: real images in [-1, 1], (B, 3, h, w), on the device.
+        z: fresh latents (B, dim_z); y: labels (B,) or None (unconditional).
+        loss_d: a D loss from :mod:`biggan.training.losses`.
+        optimizer_step: ``runtime.optimizer_step`` (all-reduces on XLA, plain step elsewhere).
+        autocast: ``runtime.autocast`` (bf16 autocast when configured, else a no-op context).
+        accumulate: micro-batches per update.
+    """
+    set_requires_grad(G, False)
+    set_requires_grad(D, True)
+    opt_D.zero_grad(set_to_none=True)
+    out = {key: torch.zeros((), device=x_real.device) for key in ("D_real", "D_fake", "D_out_real", "D_out_fake")}
+    for x_mb, z_mb, y_mb in zip(x_real.chunk(accumulate), z.chunk(accumulate), _chunks(y, accumulate)):
+        with torch.no_grad(), autocast():
+            x_fake = G(z_mb, y_mb)
+        y_both = None if y_mb is None else torch.cat([y_mb, y_mb])
+        with autocast():
+            logits = D(torch.cat([x_fake.to(x_mb.dtype), x_mb]), y_both)  # (2B,)
+        d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
+        loss = loss_d(d_real, d_fake)
+        (loss.total / accumulate).backward()
+        out["D_real"] += loss.real.detach() / accumulate
+        out["D_fake"] += loss.fake.detach() / accumulate
+        out["D_out_real"] += d_real.detach().mean() / accumulate
+        out["D_out_fake"] += d_fake.detach().mean() / accumulate
+    out["D_grad_norm"] = grad_norm(D)
+    optimizer_step(opt_D)
+    return out
+
+
+def g_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_G: torch.optim.Optimizer,
+    z: Tensor,
+    y: Optional[Tensor],
+    loss_g: Callable[[Tensor], Tensor],
+    optimizer_step: Callable[[torch.optim.Optimizer], None],
+    autocast: Callable[[], object],
+    accumulate: int = 1,
+    regularize: Optional[Callable[[], None]] = None,
+) -> dict[str, Tensor]:
+    """One G update through a frozen D; returns detached G statistics.
+
+    Args:
+        G: the (possibly DDP-wrapped) generator being trained.
+        D: the **unwrapped** discriminator (its parameters are frozen here, so a DDP wrapper would wait for gradients
+            that never come).
+        opt_G: G's optimiser.
+        z: fresh latents (B, dim_z); y: labels (B,) or None.
+        loss_g: a G loss from :mod:`biggan.training.losses`.
+        optimizer_step, autocast, accumulate: as in :func:`d_step`.
+        regularize: called after backward and before the step to add extra gradients (orthogonal regularisation).
+    """
+    set_requires_grad(G, True)
+    set_requires_grad(D, False)
+    opt_G.zero_grad(set_to_none=True)
+    out = {"G": torch.zeros((), device=z.device)}
+    for z_mb, y_mb in zip(z.chunk(accumulate), _chunks(y, accumulate)):
+        with autocast():
+            x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
+            d_fake = D(x_fake, y_mb)  # (B,)
+        loss = loss_g(d_fake.float())
+        (loss / accumulate).backward()
+        out["G"] += loss.detach() / accumulate
+    if regularize is not None:
+        regularize()
+    out["G_grad_norm"] = grad_norm(G)
+    optimizer_step(opt_G)
+    set_requires_grad(D, True)
+    return out
