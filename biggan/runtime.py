@@ -55,6 +55,22 @@ class RuntimeConfig:
 # Cross-replica BatchNorm (torch's SyncBatchNorm refuses CPU tensors, so gloo tests could not exercise it)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is again a sum over processes (each rank's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
 class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training statistics cover the global batch of all processes.
 
@@ -73,13 +89,11 @@ class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         if not (self.training or self.running_mean is None) or not dist.is_initialized():
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         C = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()  # statistics in fp32 even under bf16 autocast, as native batch_norm does
         count = xf.new_full((1,), x.numel() // C)
-        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,) summed over ranks
+        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,) summed over ranks
         n = stats[2 * C]
         mean = stats[:C] / n  # (C,)
         var = (stats[C : 2 * C] / n - mean * mean).clamp_min(0.0)  # (C,) biased, as used for normalisation
