@@ -57,11 +57,11 @@ class RunLogger:
         with path.open("a") as fh:
             fh.write(line + "\n")
 
-    def line(self, text: str) -> None:
-        """Print a line and append it to log.txt."""
+    def line(self, text: str, echo: bool | None = None) -> None:
+        """Print a line (unless ``echo`` is False, e.g. a progress bar printed it) and append it to log.txt."""
         if not self.enabled:
             return
-        if self.echo:
+        if self.echo if echo is None else echo:
             print(text, flush=True)
         self._append(self.run_dir.log, f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {text}")
 

@@ -1,0 +1,302 @@
+"""``run(cfg, runtime)``: the training loop — hot steps, then a periodic tick (stylegan2-ada's structure).
+
+Hot step (every iteration, no host sync): ``num_d_steps`` D updates, each on fresh reals and fresh z; one G update on
+fresh z; the EMA update; ``runtime.mark_step()``. The returned statistics are summed on the device.
+
+Tick (every ``log.every`` steps, and whenever samples, FID or a checkpoint are due, at the end, or on preemption):
+one ``runtime.reduce_mean`` reads the summed statistics, the finiteness flag, attention gammas and top singular
+values; then the status line, ``stats.jsonl`` and TensorBoard; the divergence guard (roll back to the last good
+checkpoint); fixed-z sample grids of G_ema and G; FID of G_ema; the checkpoint. Only rank 0 writes files.
+
+Progress is counted in G steps and in real images shown to D (``images_seen``; ``kimg`` in the status line).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from tqdm import tqdm
+
+from biggan.config import Config, dump_config
+from biggan.errors import ConfigError
+from biggan.models import attention_gammas, spectral_norm_values
+from biggan.runtime import Runtime
+from biggan.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from biggan.training.logging import RunLogger, format_status
+from biggan.training.losses import LOSSES
+from biggan.training.resilience import DivergenceGuard, FiniteMonitor, PreemptionHandler
+from biggan.training.run_dir import RunDir
+from biggan.training.sampling import generate, latents_for_seeds, save_grid, to_uint8
+from biggan.training.state import TrainingState
+from biggan.training.steps import d_step, g_step
+
+__all__ = ["run", "build_stream"]
+
+_FID_SEED = 2**31 - 1  # FID fakes use their own generator: same z at every evaluation, training RNG untouched
+
+
+def build_stream(cfg: Config, runtime: Runtime) -> tuple[Any, Any]:
+    """The dataset and its infinite, resumable batch stream for this process."""
+    from biggan.data import BatchStream, build_dataset
+
+    dataset = build_dataset(cfg.data, cfg.model.resolution)
+    stream = BatchStream(
+        dataset,
+        batch_size=runtime.local_batch_size(cfg.train.batch_size),
+        seed=cfg.seed,
+        rank=runtime.rank,
+        world_size=runtime.num_data_shards,
+        xflip=cfg.data.xflip,
+    )
+    return dataset, stream
+
+
+class _Accumulator:
+    """Sums of the step's detached device tensors since the last tick (no host sync until :meth:`means`)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, torch.Tensor]:
+        return {key: self.sums[key] / self.counts[key] for key in self.sums}
+
+
+def run(cfg: Config, runtime: Runtime, resume: Optional[str] = None, echo: bool = True) -> int:
+    """Train until ``train.total_steps``; resume from ``resume`` or the run's ``latest.pt``. Returns the exit status."""
+    if cfg.model.conditioning == "class":
+        raise ConfigError("conditioning 'class' needs labelled data, which no dataset kind provides; use zhier")
+    run_dir = RunDir.for_run(cfg.out_dir, cfg.name)
+    if runtime.is_main:
+        run_dir.create()
+        run_dir.write_config(dump_config(cfg))
+    runtime.barrier()
+    logger = RunLogger(run_dir, enabled=runtime.is_main, echo=echo)
+    try:
+        return _Trainer(cfg, runtime, run_dir, logger).train(resume)
+    finally:
+        logger.close()
+
+
+class _Trainer:
+    """One run's mutable pieces; methods are the loop, the tick and its parts."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, run_dir: RunDir, logger: RunLogger) -> None:
+        self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
+        self.dataset, stream = build_stream(cfg, runtime)
+        self.state = TrainingState(cfg, runtime, stream)
+        self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
+        self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
+        self.fid: Any = None
+        if cfg.fid.every:
+            from biggan.fid.evaluate import build_fid_evaluator
+
+            self.fid = build_fid_evaluator(cfg.fid, self.dataset, runtime.device, compute_missing=runtime.is_main)
+        self.guard = DivergenceGuard(cfg.train.max_rollbacks)
+        self.global_batch = cfg.train.batch_size * runtime.num_devices
+
+    # -- resume -------------------------------------------------------------------------------------------------------
+
+    def _restore(self, path: Path) -> None:
+        self.state.load_state_dict(load_checkpoint(path), str(path))
+        self.log.line(f"resumed from {path} at step {self.state.step} ({self.state.images_seen / 1000:.1f} kimg)")
+
+    def train(self, resume: Optional[str]) -> int:
+        cfg, st = self.cfg, self.state
+        path = Path(resume) if resume else find_latest(self.run_dir.checkpoints)
+        if path is not None:
+            self._restore(path)
+        else:
+            self.log.text("config", dump_config(cfg))
+            self.log.line(f"new run in {self.run_dir.root}: {cfg.train.total_steps} steps, global batch {self.global_batch}")
+        if st.step >= cfg.train.total_steps:
+            self.log.line(f"already at step {st.step} >= train.total_steps {cfg.train.total_steps}; nothing to do")
+            return 0
+        show_bar = cfg.log.progress_bar and self.runtime.is_main and sys.stderr.isatty()
+        bar = tqdm(total=cfg.train.total_steps, initial=st.step, unit="step", disable=not show_bar, dynamic_ncols=True)
+        with PreemptionHandler(cfg.train.preempt_grace_seconds) as preempt:
+            status = self._loop(bar, preempt)
+        bar.close()
+        return status
+
+    # -- the loop -----------------------------------------------------------------------------------------------------
+
+    def _loop(self, bar: tqdm, preempt: PreemptionHandler) -> int:
+        cfg, st, rt = self.cfg, self.state, self.runtime
+        acc, monitor = _Accumulator(), FiniteMonitor(rt.device)
+        tick_start, tick_step, maintenance = time.perf_counter(), st.step, 0.0
+        while st.step < cfg.train.total_steps:
+            self._step(acc, monitor)
+            bar.update(1)
+            step = st.step
+            # One process reads its own flag every step (a Python bool, no sync); several agree on it at the tick.
+            stopping = preempt.requested and rt.world_size == 1
+            last = step == cfg.train.total_steps or stopping
+            due = {
+                "samples": step % cfg.log.sample_every == 0 or last,
+                "fid": self.fid is not None and step % cfg.fid.every == 0,
+                "ckpt": step % cfg.train.ckpt_every == 0 or last,
+            }
+            if not (step % cfg.log.every == 0 or any(due.values())):
+                continue
+            # ---------------------------------------------------------------------------------------------- tick
+            now = time.perf_counter()
+            stats, finite, preempted = self._read_stats(acc, monitor, preempt.requested)
+            stats.update(self._speed_stats(now - tick_start, step - tick_step, maintenance))
+            acc, monitor = _Accumulator(), FiniteMonitor(rt.device)
+            self.log.stats(step, stats)
+            line = format_status(step, cfg.train.total_steps, stats)
+            if bar.disable:
+                self.log.line(line)
+            else:
+                bar.set_postfix_str(f"img/s {stats['speed/img_per_sec']:.1f}", refresh=False)
+                bar.write(line)
+                self.log.line(line, echo=False)
+            decision = self.guard.check(finite)
+            if decision == "stop":
+                raise self.guard.stop_error(step)
+            if decision == "rollback":
+                self._rollback(step)
+                tick_start, tick_step, maintenance = time.perf_counter(), st.step, 0.0
+                continue
+            stopping = stopping or preempted
+            if due["samples"] or stopping:
+                self._samples(step)
+            best = self._evaluate(step) if due["fid"] else False
+            if due["ckpt"] or best or stopping:
+                self._checkpoint(step, best)
+            self.log.flush()
+            tick_start, tick_step = time.perf_counter(), step
+            maintenance = tick_start - now
+            if stopping and step < cfg.train.total_steps:
+                self.log.line(f"stopped by {preempt.signal_name or 'a signal'} at step {step}; "
+                              "rerun the same command to resume")
+                return 0
+        return 0
+
+    def _step(self, acc: _Accumulator, monitor: FiniteMonitor) -> None:
+        """One iteration: D steps on fresh reals and z, the G step, EMA. No host sync."""
+        cfg, st, rt = self.cfg, self.state, self.runtime
+        batch, acc_n = rt.local_batch_size(cfg.train.batch_size), cfg.train.accumulate
+        for _ in range(cfg.train.num_d_steps):
+            x_real = rt.shard_batch(next(st.stream))  # (B, 3, h, w)
+            z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
+            out = d_step(st.G, st.D, st.opt_D, x_real, z, None, self.loss_d, rt.optimizer_step, rt.autocast, acc_n)
+            acc.add(out)
+            monitor.update(*out.values())
+            rt.mark_step()
+        z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z)
+        regularize = self._ortho_reg if cfg.train.ortho_reg > 0 else None
+        out = g_step(st.G, st.D_, st.opt_G, z, None, self.loss_g, rt.optimizer_step, rt.autocast, acc_n, regularize)
+        acc.add(out)
+        monitor.update(*out.values())
+        st.step += 1
+        st.images_seen += self.global_batch * cfg.train.num_d_steps
+        st.ema.update(st.G_, st.step)
+        rt.mark_step()
+
+    def _ortho_reg(self) -> None:
+        """BigGAN's orthogonal regulariser as an extra backward pass (gradients add onto G's)."""
+        from biggan.models import orthogonal_regularization
+
+        orthogonal_regularization(self.state.G_, self.cfg.train.ortho_reg).backward()
+
+    # -- tick parts ---------------------------------------------------------------------------------------------------
+
+    def _read_stats(
+        self, acc: _Accumulator, monitor: FiniteMonitor, preempt_requested: bool
+    ) -> tuple[dict[str, float], bool, bool]:
+        """The tick's one host sync: loss means, finiteness, preemption, gammas and top singular values.
+
+        Values are averaged over processes, so every rank takes the same rollback / stop decision.
+        """
+        st = self.state
+        tensors: dict[str, torch.Tensor] = {}
+        names = {"D_real": "loss/D_real", "D_fake": "loss/D_fake", "G": "loss/G", "D_out_real": "D_out/real",
+                 "D_out_fake": "D_out/fake", "D_grad_norm": "grad_norm/D", "G_grad_norm": "grad_norm/G"}
+        for key, value in acc.means().items():
+            tensors[names[key]] = value
+        tensors["_finite"] = monitor.flag()
+        tensors["_preempt"] = torch.tensor(float(preempt_requested))
+        for net_name, net in (("G", st.G_), ("D", st.D_)):
+            for layer, gamma in attention_gammas(net).items():
+                tensors[f"attention_gamma/{net_name}.{layer}"] = gamma.detach()
+            for layer, sv in spectral_norm_values(net).items():
+                tensors[f"sv/{net_name}.{layer}"] = sv.detach().reshape(-1)[0]
+        stats = self.runtime.reduce_mean(tensors)
+        finite = stats.pop("_finite") == 1.0
+        preempted = stats.pop("_preempt") > 0.0
+        stats["loss/D"] = stats["loss/D_real"] + stats["loss/D_fake"]
+        stats["lr/G"] = st.opt_G.param_groups[0]["lr"]
+        stats["lr/D"] = st.opt_D.param_groups[0]["lr"]
+        return stats, finite, preempted
+
+    def _speed_stats(self, seconds: float, steps: int, maintenance: float) -> dict[str, float]:
+        st = self.state
+        images = steps * self.global_batch * self.cfg.train.num_d_steps
+        peak = self.runtime.peak_memory_bytes()
+        return {
+            "progress/step": float(st.step),
+            "progress/kimg": st.images_seen / 1000.0,
+            "speed/sec_per_step": seconds / max(steps, 1),
+            "speed/img_per_sec": images / max(seconds, 1e-9),
+            "speed/maintenance_sec": maintenance,
+            "memory/peak_gib": peak / 2**30,
+        }
+
+    def _samples(self, step: int) -> None:
+        """Fixed-z grids of G_ema and G (eval mode), as PNG files and TensorBoard images."""
+        if not self.runtime.is_main:
+            return
+        batch = self.cfg.train.batch_size
+        for tag, net in (("G_ema", self.state.G_ema), ("G", self.state.G_)):
+            x = generate(net, self.fixed_z, batch, self.runtime.device)  # (n, 3, h, w)
+            grid = save_grid(x, self.run_dir.samples / f"{tag}-{step:08d}.png")
+            self.log.image(f"samples/{tag}", grid, step)
+
+    def _evaluate(self, step: int) -> bool:
+        """FID of G_ema (eval mode, fixed SMYRF seeds, the same fakes' z every time); True if it is a new best."""
+        rt, st = self.runtime, self.state
+        gen = torch.Generator().manual_seed(_FID_SEED + rt.rank)
+        dim_z, device = self.cfg.model.dim_z, rt.device
+
+        def sample_uint8(n: int) -> torch.Tensor:
+            z = torch.randn(n, dim_z, generator=gen)  # (n, dim_z)
+            return to_uint8(generate(st.G_ema, z, n, device))
+
+        start = time.perf_counter()
+        reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        if rt.world_size > 1 and rt.kind != "xla":
+            reduce = rt.reduce_sum_
+        value = self.fid(sample_uint8, reduce=reduce, world_size=rt.world_size if reduce else 1)
+        best = st.best_fid is None or value < st.best_fid
+        if best:
+            st.best_fid = value
+        record = {self.fid.name: value, "best": st.best_fid, "seconds": time.perf_counter() - start,
+                  "images_seen": st.images_seen, "network": "G_ema", "bn_mode": "eval", **self.fid.identity}
+        self.log.metric(step, record)
+        self.log.line(f"{self.fid.name} {value:.2f} at step {step} (best {st.best_fid:.2f})")
+        return best
+
+    def _checkpoint(self, step: int, best: bool) -> None:
+        if self.runtime.is_main:
+            save_checkpoint(self.state.state_dict(), self.run_dir.checkpoints, step, self.cfg.train.keep_last, best=best)
+        self.runtime.barrier()
+
+    def _rollback(self, step: int) -> None:
+        """Non-finite values in the last tick: reload the last good checkpoint (only finite states are saved)."""
+        path = find_latest(self.run_dir.checkpoints)
+        if path is None:
+            raise self.guard.stop_error(step)
+        self.log.line(f"non-finite loss or gradient before step {step}: rolling back to {path} "
+                      f"(rollback {self.guard.rollbacks}/{self.guard.max_rollbacks})")
+        self._restore(path)

@@ -1,0 +1,129 @@
+"""The objects a run trains (G, D, G_ema, optimisers, data stream) and their checkpoint dict.
+
+:class:`TrainingState` builds everything from a :class:`Config` and a runtime, and converts itself to and from the
+checkpoint dict described in ``docs/ARCHITECTURE.md`` ("Checkpoints"): state dicts of G, D, G_ema and both Adam
+optimisers, step and images seen, best FID, every host RNG, the data stream's position, the SMYRF layer generators,
+the resolved config and the model constructor arguments. Everything is moved to the CPU and kept to tensors and plain
+containers, so the file loads with ``torch.load(weights_only=True)`` and ``sample.py`` can rebuild G from it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from biggan.config import Config, to_dict
+from biggan.errors import CheckpointError
+from biggan.models import (
+    EMA,
+    attention_rng_state,
+    build_discriminator,
+    build_generator,
+    load_attention_rng_state,
+)
+from biggan.runtime import Runtime
+from biggan.training.checkpoint import FORMAT_VERSION, load_state_strict
+from biggan.training.rng import get_rng_state, seed_everything, set_rng_state
+
+__all__ = ["TrainingState"]
+
+
+def _stream_seed(seed: int, rank: int) -> int:
+    """Distinct, reproducible host-RNG seed per process for z and anything else drawn in the step."""
+    return seed * 1_000_003 + rank + 1
+
+
+class TrainingState:
+    """G, D (possibly DDP-wrapped), G_ema, optimisers and the data stream, plus progress counters."""
+
+    def __init__(self, cfg: Config, runtime: Runtime, stream: Any) -> None:
+        self.cfg, self.runtime, self.stream = cfg, runtime, stream
+        seed_everything(cfg.seed)  # same weights on every process (DDP also broadcasts them from rank 0)
+        G, D = build_generator(cfg.model), build_discriminator(cfg.model)
+        self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start)
+        self.ema.model.to(runtime.device)
+        self.G, self.D = runtime.wrap_model(G), runtime.wrap_model(D)
+        betas = tuple(cfg.train.betas)
+        self.opt_G = torch.optim.Adam(self.G_.parameters(), lr=cfg.train.lr_g, betas=betas, eps=cfg.train.adam_eps)
+        self.opt_D = torch.optim.Adam(self.D_.parameters(), lr=cfg.train.lr_d, betas=betas, eps=cfg.train.adam_eps)
+        self.step = 0  # completed G steps
+        self.images_seen = 0  # real images shown to D, over all processes
+        self.best_fid: Optional[float] = None
+        self._decorrelate_processes(runtime.rank, salt=0)
+
+    @property
+    def G_(self) -> nn.Module:
+        """G without its DDP wrapper."""
+        return self.runtime.unwrap(self.G)
+
+    @property
+    def D_(self) -> nn.Module:
+        """D without its DDP wrapper."""
+        return self.runtime.unwrap(self.D)
+
+    @property
+    def G_ema(self) -> nn.Module:
+        return self.ema.model
+
+    def _decorrelate_processes(self, rank: int, salt: int) -> None:
+        """Give every process its own z stream and SMYRF hashing stream (the SMYRF run used one seed everywhere).
+
+        ``salt`` is the step on resume: checkpoints hold rank 0's generators, so other ranks draw fresh ones.
+        """
+        if rank == 0:
+            if salt == 0:
+                seed_everything(_stream_seed(self.cfg.seed, rank))
+            return  # rank 0 keeps the model's own SMYRF seeds (and on resume its restored generators)
+        seed_everything(_stream_seed(self.cfg.seed + salt, rank))
+        for net in (self.G_, self.D_):
+            states = attention_rng_state(net)
+            fresh = {
+                name: torch.Generator().manual_seed(_stream_seed(self.cfg.model.smyrf_seed + salt + i, rank)).get_state()
+                for i, name in enumerate(sorted(states))
+            }
+            load_attention_rng_state(net, fresh)
+
+    # -- checkpoint dict --------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state, on the CPU, as tensors and plain containers only."""
+        host = self.runtime.to_host
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": to_dict(self.cfg),
+            "model_args": to_dict(self.cfg.model),
+            "step": self.step,
+            "images_seen": self.images_seen,
+            "best_fid": self.best_fid,
+            "G": host(self.G_.state_dict()),
+            "D": host(self.D_.state_dict()),
+            "G_ema": host(self.ema.state_dict()),
+            "opt_G": host(self.opt_G.state_dict()),
+            "opt_D": host(self.opt_D.state_dict()),
+            "rng": get_rng_state(),
+            "data": self.stream.state_dict(),
+            "attention_rng": {"G": attention_rng_state(self.G_), "D": attention_rng_state(self.D_)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
+        """Restore everything from :meth:`state_dict` output; CheckpointError if the architecture differs."""
+        saved_model = state["model_args"]
+        if saved_model != to_dict(self.cfg.model):
+            changed = sorted(k for k in to_dict(self.cfg.model) if saved_model.get(k) != to_dict(self.cfg.model)[k])
+            raise CheckpointError(
+                f"{source} was trained with a different model config (model.{', model.'.join(changed)} differ); "
+                "use the same model settings to resume, or another run name (name=...) to start afresh"
+            )
+        load_state_strict(self.G_, state["G"], f"G in {source}")
+        load_state_strict(self.D_, state["D"], f"D in {source}")
+        load_state_strict(self.ema.model, state["G_ema"], f"G_ema in {source}")
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
+        set_rng_state(state["rng"])
+        self.stream.load_state_dict(state["data"])
+        load_attention_rng_state(self.G_, state["attention_rng"]["G"])
+        load_attention_rng_state(self.D_, state["attention_rng"]["D"])
+        self._decorrelate_processes(self.runtime.rank, salt=self.step)
