@@ -90,6 +90,9 @@ def test_round_trip_and_latest_is_a_real_complete_file(tmp_path: Path) -> None:
     assert latest.read_bytes() == path.read_bytes()
     _assert_equal(load_checkpoint(latest), state)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600: other users/containers can read it
 
 
 def test_keeps_last_k_and_best_survives_pruning(tmp_path: Path) -> None:

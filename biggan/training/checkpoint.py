@@ -231,6 +231,7 @@ def _atomic_write(directory: Path, target: Path, write: Any) -> None:
     """Write via ``write(file)`` to a temp file in ``directory``, fsync, rename over ``target``, fsync the directory."""
     fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX + target.name + ".", dir=directory)
     try:
+        os.fchmod(fd, _file_mode())  # mkstemp makes 0600; a checkpoint gets the permissions open() would give it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -280,6 +281,13 @@ def _remove_stale_temps(directory: Path) -> None:
     for entry in directory.iterdir():
         if entry.name.startswith(_TMP_PREFIX):
             _unlink_quietly(entry)
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask (read back by setting it twice; only the main thread writes checkpoints)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:
