@@ -31,14 +31,16 @@ __all__ = ["Kernel", "resolve_kernel", "smyrf_fused"]
 Kernel = Literal["auto", "flash", "math"]
 
 
-def _gather_rows(x: Tensor, perm: Tensor) -> Tensor:
-    """x (B, N, e), perm (B, N) -> x[b, perm[b, i]] as (B, N, e)."""
-    return x.gather(1, perm.unsqueeze(-1).expand(-1, -1, x.shape[-1]))  # (B, N, e)
+def _flat_index(perm: Tensor) -> Tensor:
+    """perm (H, B, N) -> (H, B*N) row indices into x.reshape(B*N, e). index_select/index_copy_/index_add_ on a flat
+    first axis measured ~5x faster on CPU than gather/scatter with an expanded (B, N, e) index, and stay static-shaped."""
+    _, b, n = perm.shape
+    offsets = torch.arange(b, device=perm.device).unsqueeze(-1) * n  # (B, 1)
+    return (perm + offsets).flatten(1)  # (H, B*N)
 
 
-def _scatter_rows(x: Tensor, perm: Tensor) -> Tensor:
-    """Inverse of _gather_rows for a permutation: out[b, perm[b, i]] = x[b, i]. One scatter, no second argsort."""
-    return torch.empty_like(x).scatter_(1, perm.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)  # (B, N, e)
+def _pad_last(x: Tensor, size: int) -> Tensor:
+    return x if x.shape[-1] == size else torch.nn.functional.pad(x, (0, size - x.shape[-1]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -66,17 +68,9 @@ def _math_backward(
     return d_q, d_k, d_v
 
 
-def _pad_last(x: Tensor, size: int) -> Tensor:
-    return x if x.shape[-1] == size else torch.nn.functional.pad(x, (0, size - x.shape[-1]))
-
-
 def _flash_forward(s_q: Tensor, s_k: Tensor, s_v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    # The fused kernel needs one head size for q, k and v: zero columns change no logit and no output.
-    e = max(s_q.shape[-1], s_v.shape[-1])
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        _pad_last(s_q, e), _pad_last(s_k, e), _pad_last(s_v, e), 0.0, False, scale=scale
-    )
-    return out[..., : s_v.shape[-1]], lse  # (B, nc, cq, dv), (B, nc, cq)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(s_q, s_k, s_v, 0.0, False, scale=scale)
+    return out, lse  # (B, nc, cq, dv), (B, nc, cq)
 
 
 def _flash_backward(
@@ -84,13 +78,15 @@ def _flash_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     # The CPU flash backward computes Delta = rowsum(dout * out) and pi = exp(S - lse) itself: given the final
     # (out, L) it returns exactly this round's share of the multiset-union gradient (see module docstring).
-    d, dv = s_q.shape[-1], s_v.shape[-1]
-    e = max(d, dv)
-    d_q, d_k, d_v = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-        _pad_last(dout, e), _pad_last(s_q, e), _pad_last(s_k, e), _pad_last(s_v, e), _pad_last(out, e), lse,
-        0.0, False, scale=scale,
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        dout, s_q, s_k, s_v, out, lse, 0.0, False, scale=scale
     )
-    return d_q[..., :d], d_k[..., :d], d_v[..., :dv]
+
+
+def _head_sizes(kernel: str, d: int, dv: int) -> tuple[int, int]:
+    """The fused CPU kernel needs one head size for q, k and v: q, k (or v) get zero columns, which change no logit
+    and no output; they are padded once per call, not per round."""
+    return (max(d, dv), max(d, dv)) if kernel == "flash" else (d, dv)
 
 
 _FORWARD: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {"math": _math_forward, "flash": _flash_forward}
@@ -124,28 +120,35 @@ class _SmyrfFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str):
         n_hashes, b, nq = perm_q.shape
-        nk = perm_k.shape[-1]
-        d, dv = q.shape[-1], v.shape[-1]
+        nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
         cq, ck = nq // nc, nk // nc
+        ed, ev = _head_sizes(kernel, d, dv)
+        idx_q, idx_k = _flat_index(perm_q), _flat_index(perm_k)  # (H, B*Nq), (H, B*Nk)
+        q_flat = _pad_last(q, ed).reshape(b * nq, ed)  # (B*Nq, ed)
+        k_flat = _pad_last(k, ed).reshape(b * nk, ed)  # (B*Nk, ed)
+        v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         acc = lse_run = None
         for t in range(n_hashes):
-            s_q = _gather_rows(q, perm_q[t]).view(b, nc, cq, d)  # (B, nc, cq, d)
-            s_k = _gather_rows(k, perm_k[t]).view(b, nc, ck, d)  # (B, nc, ck, d)
-            s_v = _gather_rows(v, perm_k[t]).view(b, nc, ck, dv)  # (B, nc, ck, dv)
-            s_out, s_lse = _FORWARD[kernel](s_q, s_k, s_v, scale)  # (B, nc, cq, dv), (B, nc, cq)
+            s_q = q_flat.index_select(0, idx_q[t]).view(b, nc, cq, ed)  # (B, nc, cq, ed)
+            s_k = k_flat.index_select(0, idx_k[t]).view(b, nc, ck, ed)  # (B, nc, ck, ed)
+            s_v = v_flat.index_select(0, idx_k[t]).view(b, nc, ck, ev)  # (B, nc, ck, ev)
+            s_out, s_lse = _FORWARD[kernel](s_q, s_k, s_v, scale)  # (B, nc, cq, ev), (B, nc, cq)
             del s_q, s_k, s_v
-            out_t = _scatter_rows(s_out.reshape(b, nq, dv).to(acc_dtype), perm_q[t])  # (B, Nq, dv)
-            lse_t = _scatter_rows(s_lse.reshape(b, nq, 1).to(acc_dtype), perm_q[t])  # (B, Nq, 1)
+            # Unsort by one index_copy_ (a scatter) straight into original order: (B*Nq, ev) and (B*Nq, 1).
+            out_t = torch.empty(b * nq, ev, dtype=acc_dtype, device=q.device)
+            out_t.index_copy_(0, idx_q[t], s_out.reshape(b * nq, ev).to(acc_dtype))
+            lse_t = torch.empty(b * nq, 1, dtype=acc_dtype, device=q.device)
+            lse_t.index_copy_(0, idx_q[t], s_lse.reshape(b * nq, 1).to(acc_dtype))
             del s_out, s_lse
             if acc is None:  # start from round 0, not from -inf (which invites NaN)
                 acc, lse_run = out_t, lse_t
                 continue
-            lse_new = torch.logaddexp(lse_run, lse_t)  # (B, Nq, 1)
+            lse_new = torch.logaddexp(lse_run, lse_t)  # (B*Nq, 1)
             acc.mul_(torch.exp(lse_run - lse_new)).add_(out_t.mul_(torch.exp(lse_t - lse_new)))
             lse_run = lse_new
-        out = acc.to(q.dtype)
-        ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse_run.squeeze(-1))
+        out = acc[:, :dv].to(q.dtype).reshape(b, nq, dv).contiguous()  # (B, Nq, dv)
+        ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse_run)
         ctx.nc, ctx.scale, ctx.kernel = nc, scale, kernel
         return out
 
@@ -155,30 +158,37 @@ class _SmyrfFunction(torch.autograd.Function):
         q, k, v, perm_q, perm_k, out, lse = ctx.saved_tensors
         nc, scale, kernel = ctx.nc, ctx.scale, ctx.kernel
         n_hashes, b, nq = perm_q.shape
-        nk = perm_k.shape[-1]
-        d, dv = q.shape[-1], v.shape[-1]
+        nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
         cq, ck = nq // nc, nk // nc
-        dout = dout.to(q.dtype).contiguous()
+        ed, ev = _head_sizes(kernel, d, dv)
+        idx_q, idx_k = _flat_index(perm_q), _flat_index(perm_k)  # (H, B*Nq), (H, B*Nk)
+        q_flat = _pad_last(q, ed).reshape(b * nq, ed)  # (B*Nq, ed)
+        k_flat = _pad_last(k, ed).reshape(b * nk, ed)  # (B*Nk, ed)
+        v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
+        dout_flat = _pad_last(dout.to(q.dtype), ev).reshape(b * nq, ev)  # (B*Nq, ev)
+        out_flat = _pad_last(out, ev).reshape(b * nq, ev)  # (B*Nq, ev)
         grad_dtype = torch.promote_types(q.dtype, torch.float32)
-        d_q = torch.zeros(q.shape, dtype=grad_dtype, device=q.device)  # (B, Nq, d)
-        d_k = torch.zeros(k.shape, dtype=grad_dtype, device=k.device)  # (B, Nk, d)
-        d_v = torch.zeros(v.shape, dtype=grad_dtype, device=v.device)  # (B, Nk, dv)
-        lse = lse.unsqueeze(-1)  # (B, Nq, 1)
+        d_q = torch.zeros(b * nq, ed, dtype=grad_dtype, device=q.device)  # (B*Nq, ed)
+        d_k = torch.zeros(b * nk, ed, dtype=grad_dtype, device=q.device)  # (B*Nk, ed)
+        d_v = torch.zeros(b * nk, ev, dtype=grad_dtype, device=q.device)  # (B*Nk, ev)
         for t in range(n_hashes):
-            pq, pk = perm_q[t], perm_k[t]  # (B, Nq), (B, Nk)
-            s_q = _gather_rows(q, pq).view(b, nc, cq, d)  # (B, nc, cq, d)
-            s_k = _gather_rows(k, pk).view(b, nc, ck, d)  # (B, nc, ck, d)
-            s_v = _gather_rows(v, pk).view(b, nc, ck, dv)  # (B, nc, ck, dv)
-            s_dout = _gather_rows(dout, pq).view(b, nc, cq, dv)  # (B, nc, cq, dv)
-            s_out = _gather_rows(out, pq).view(b, nc, cq, dv)  # (B, nc, cq, dv)
-            s_lse = _gather_rows(lse, pq).view(b, nc, cq)  # (B, nc, cq)
+            iq, ik = idx_q[t], idx_k[t]  # (B*Nq,), (B*Nk,)
+            s_q = q_flat.index_select(0, iq).view(b, nc, cq, ed)  # (B, nc, cq, ed)
+            s_k = k_flat.index_select(0, ik).view(b, nc, ck, ed)  # (B, nc, ck, ed)
+            s_v = v_flat.index_select(0, ik).view(b, nc, ck, ev)  # (B, nc, ck, ev)
+            s_dout = dout_flat.index_select(0, iq).view(b, nc, cq, ev)  # (B, nc, cq, ev)
+            s_out = out_flat.index_select(0, iq).view(b, nc, cq, ev)  # (B, nc, cq, ev)
+            s_lse = lse.index_select(0, iq).view(b, nc, cq)  # (B, nc, cq), the final L in this round's order
             s_dq, s_dk, s_dv = _BACKWARD[kernel](s_dout, s_q, s_k, s_v, s_out, s_lse, scale)
             del s_q, s_k, s_v, s_dout, s_out, s_lse
-            # Each index occurs once per round, so these scatter-adds are deterministic on every backend.
-            d_q.scatter_add_(1, pq.unsqueeze(-1).expand(-1, -1, d), s_dq.reshape(b, nq, d).to(grad_dtype))
-            d_k.scatter_add_(1, pk.unsqueeze(-1).expand(-1, -1, d), s_dk.reshape(b, nk, d).to(grad_dtype))
-            d_v.scatter_add_(1, pk.unsqueeze(-1).expand(-1, -1, dv), s_dv.reshape(b, nk, dv).to(grad_dtype))
-        return d_q.to(q.dtype), d_k.to(k.dtype), d_v.to(v.dtype), None, None, None, None, None
+            # Each index occurs once per round, so these adds are deterministic on every backend.
+            d_q.index_add_(0, iq, s_dq.reshape(b * nq, ed).to(grad_dtype))
+            d_k.index_add_(0, ik, s_dk.reshape(b * nk, ed).to(grad_dtype))
+            d_v.index_add_(0, ik, s_dv.reshape(b * nk, ev).to(grad_dtype))
+        d_q = d_q[:, :d].reshape(b, nq, d).to(q.dtype)  # (B, Nq, d)
+        d_k = d_k[:, :d].reshape(b, nk, d).to(k.dtype)  # (B, Nk, d)
+        d_v = d_v[:, :dv].reshape(b, nk, dv).to(v.dtype)  # (B, Nk, dv)
+        return d_q, d_k, d_v, None, None, None, None, None
 
 
 def smyrf_fused(
