@@ -1,0 +1,90 @@
+"""An infinite, deterministic, resumable stream of training batches for one rank.
+
+Epoch ``e`` visits the images in the permutation drawn from ``(seed, e)``; rank ``r`` of ``world_size`` takes every
+``world_size``-th entry starting at ``r`` (so shards change every epoch and never overlap), cut to whole batches
+(fixed shapes, which XLA wants). The x-flip of each visit is drawn from the same ``(seed, e)`` generator, so a batch
+depends only on ``(seed, epoch, position, rank, world_size)``: saving ``(epoch, position)`` is enough to resume
+bit-identically. Batches index the uint8 memmap directly; there is no DataLoader and no per-step JPEG decode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from biggan.errors import DataError
+
+__all__ = ["BatchStream"]
+
+
+class ImageSource(Protocol):
+    def __len__(self) -> int: ...
+    def get_batch(self, indices: np.ndarray) -> torch.Tensor: ...  # uint8 (B, 3, res, res)
+
+
+class BatchStream:
+    """``next(stream)`` -> float ``(B, 3, res, res)`` in [-1, 1] on the CPU, forever."""
+
+    def __init__(self, dataset: ImageSource, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 xflip: bool = False) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.xflip = xflip
+        self.shard_size = len(dataset) // world_size  # equal shards: the remainder sits out this epoch
+        self.batches_per_epoch = self.shard_size // batch_size
+        if self.batches_per_epoch == 0:
+            raise DataError(f"dataset has {len(dataset)} images, fewer than one batch of {batch_size} per rank "
+                            f"({world_size} ranks); lower train.batch_size or use more images")
+        self.epoch = 0
+        self.position = 0  # batches already taken in this epoch
+        self._plan_epoch = -1
+
+    def _plan(self) -> None:
+        """This rank's image order and flips for the current epoch."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.dataset))
+        flips = rng.random(len(self.dataset)) < 0.5
+        self._indices = order[self.rank::self.world_size][:self.shard_size]  # (shard,)
+        self._flips = flips[self.rank::self.world_size][:self.shard_size]  # (shard,)
+        self._plan_epoch = self.epoch
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.position >= self.batches_per_epoch:
+            self.epoch += 1
+            self.position = 0
+        if self._plan_epoch != self.epoch:
+            self._plan()
+        span = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
+        self.position += 1
+        images = self.dataset.get_batch(self._indices[span])  # (B, 3, res, res) uint8
+        x = images.float() / 127.5 - 1.0
+        if self.xflip:
+            flip = torch.from_numpy(self._flips[span])  # (B,)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain ints only (checkpoints are loaded with ``weights_only``)."""
+        return {"epoch": self.epoch, "position": self.position, "num_images": len(self.dataset),
+                "batch_size": self.batch_size, "world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the saved stream stopped; DataError if the dataset or batch layout changed."""
+        now = {"num_images": len(self.dataset), "batch_size": self.batch_size, "world_size": self.world_size}
+        changed = {k: (state.get(k), v) for k, v in now.items() if state.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise DataError(f"cannot resume the data stream: {detail}; resume with the original dataset and batch "
+                            "layout, or start a new run")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])

@@ -1,0 +1,1 @@
+"""Dataset preparation commands (the data files themselves are git-ignored under ``datasets/``)."""
