@@ -1,0 +1,176 @@
+"""SAGAN self-attention block (Zhang et al. 2019, as released in BigGAN-PyTorch) with dense or SMYRF attention.
+
+    out = x + gamma · o( attend( theta(x), maxpool(phi(x)), maxpool(g(x)) ) )
+
+- theta/phi map C -> C/8 and g maps C -> C/2: the attention logits and values are computed in a narrow space (SAGAN's
+  choice; it keeps the N x N/4 logit matrix cheap per entry), and o maps the C/2 result back to C.
+- Keys and values are 2x2 max-pooled, so Nk = N/4. This is why SMYRF cluster sizes come in 4:1 pairs (cq = 4·ck):
+  every cluster must pair Nq/nc queries with Nk/nc keys.
+- No 1/sqrt(d) logit scaling (scale 1, as released), no conv biases.
+- gamma starts at 0, so the block starts as the identity (and theta/phi/g/o get zero gradient until gamma moves).
+
+``kind`` (dense | smyrf) changes only how softmax(θφᵀ)g is computed; both kinds have the same parameters and buffers,
+so a checkpoint loads strictly into either, and :meth:`SelfAttention2d.configure` switches kind in place.
+
+SMYRF projections: in eval mode every forward draws them from a fresh CPU generator seeded with the layer's fixed
+``eval_seed`` (samples and FID repeatable); in training they come from the layer's own CPU ``generator``, which advances
+every step and is saved via ``biggan.models.attention_rng_state``.
+
+Shape legend: B batch; C channels; h×w spatial; N = h·w; Nq = N queries, Nk = N/4 keys; d = C/8; dv = C/2.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from biggan.errors import ConfigError
+from biggan.models.config import AttentionConfig, ModelConfig
+from biggan.models.spectral_norm import SNConv2d
+from smyrf import dense_attention, smyrf_attention
+
+__all__ = ["SelfAttention2d", "check_attention_spec", "build_attention_layers"]
+
+
+def check_attention_spec(spec: AttentionConfig, channels: int, where: str) -> None:
+    """Raise ConfigError if ``spec`` cannot run at its resolution with ``channels`` input channels."""
+    spec.validate(where)
+    if channels % 8:
+        raise ConfigError(
+            f"{where} (res {spec.res}): {channels} channels there; SAGAN attention needs a multiple of 8 (C/8 keys, C/2 "
+            f"values); raise ch"
+        )
+    if spec.kind != "smyrf":
+        return
+    num_q, num_k = spec.res * spec.res, spec.res * spec.res // 4
+    cq, ck = spec.q_cluster_size, spec.k_cluster_size
+    if num_q % cq:
+        raise ConfigError(f"{where} (res {spec.res}): q_cluster_size {cq} does not divide the {num_q} queries")
+    if num_k % ck:
+        raise ConfigError(f"{where} (res {spec.res}): k_cluster_size {ck} does not divide the {num_k} (2x2-pooled) keys")
+    if num_q // cq != num_k // ck:
+        raise ConfigError(
+            f"{where} (res {spec.res}): {num_q}/{cq} = {num_q // cq} query clusters but {num_k}/{ck} = {num_k // ck} key "
+            f"clusters; use k_cluster_size = q_cluster_size/4 = {cq // 4}"
+        )
+
+
+class SelfAttention2d(nn.Module):
+    """SAGAN non-local block; dense or SMYRF attention with identical parameters.
+
+    Args:
+        channels: C of the input feature map (a multiple of 8).
+        spec: placement and kind; checked against ``channels`` and ``spec.res`` (tokens = res²).
+        eval_seed: fixed projection seed used for every SMYRF forward in eval mode.
+        train_seed: initial seed of the CPU generator that SMYRF draws from in training mode.
+        sn_iters, sn_eps: spectral-norm settings of the four 1x1 convs.
+        where: config path for error messages (e.g. ``model.G.attention[0]``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        spec: AttentionConfig,
+        eval_seed: int,
+        train_seed: int,
+        sn_iters: int,
+        sn_eps: float,
+        where: str,
+    ) -> None:
+        super().__init__()
+        check_attention_spec(spec, channels, where)
+        self.channels, self.res, self.where = channels, spec.res, where
+        self.spec = spec
+        self.eval_seed = eval_seed
+        self.generator = torch.Generator().manual_seed(train_seed)  # CPU: SMYRF draws projections on the host
+        conv = dict(kernel_size=1, padding=0, bias=False, sn_iters=sn_iters, sn_eps=sn_eps)
+        self.theta = SNConv2d(channels, channels // 8, **conv)
+        self.phi = SNConv2d(channels, channels // 8, **conv)
+        self.g = SNConv2d(channels, channels // 2, **conv)
+        self.o = SNConv2d(channels // 2, channels, **conv)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def configure(self, spec: AttentionConfig) -> None:
+        """Switch kind or SMYRF settings in place; weights, buffers and the generator are untouched."""
+        if spec.res != self.res:
+            raise ConfigError(f"{self.where}: cannot move attention from res {self.res} to {spec.res} in place")
+        check_attention_spec(spec, self.channels, self.where)
+        self.spec = spec
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        if spec.kind == "dense":
+            return f"res={self.res}, kind=dense"
+        return (
+            f"res={self.res}, kind=smyrf, n_hashes={spec.n_hashes}, q_cluster_size={spec.q_cluster_size}, "
+            f"k_cluster_size={spec.k_cluster_size}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if h != self.res or w != self.res:
+            raise ValueError(f"{self.where}: built for {self.res}x{self.res} maps, got {h}x{w}")
+        q = self.theta(x).flatten(2).transpose(1, 2)  # (B, Nq, d)
+        k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, Nk, d)
+        v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, Nk, dv)
+        if self.spec.kind == "dense":
+            out = dense_attention(q, k, v, scale=1.0)  # (B, Nq, dv)
+        else:
+            generator = self.generator if self.training else torch.Generator().manual_seed(self.eval_seed)
+            out = smyrf_attention(
+                q,
+                k,
+                v,
+                n_hashes=self.spec.n_hashes,
+                q_cluster_size=self.spec.q_cluster_size,
+                k_cluster_size=self.spec.k_cluster_size,
+                scale=1.0,
+                generator=generator,
+            )  # (B, Nq, dv)
+        out = out.transpose(1, 2).reshape(b, c // 2, h, w)  # (B, dv, h, w)
+        return x + self.gamma * self.o(out)
+
+
+def _layer_seed(network: str, res: int, purpose: str, base_seed: int) -> int:
+    """A stable per-layer seed (crc32, not ``hash``, which is salted per process)."""
+    return zlib.crc32(f"{network}/attention/{res}/{purpose}/{base_seed}".encode())
+
+
+def build_attention_layers(
+    specs: list[AttentionConfig],
+    out_resolutions: tuple[int, ...],
+    out_channels: tuple[int, ...],
+    cfg: ModelConfig,
+    network: str,
+) -> tuple[nn.ModuleDict, dict[int, str]]:
+    """Attention modules for one network and the block index each follows.
+
+    A spec goes after the first block whose output resolution is ``spec.res`` (D's last blocks can share one); a
+    resolution no block outputs is an error naming the valid ones: BigGAN-PyTorch silently dropped it, which is how
+    "attention at 128" never reached its D-128.
+
+    Returns: ``(layers, after)`` with layers keyed by ``str(res)`` and ``after[block_index] = str(res)``.
+    """
+    valid = sorted(set(out_resolutions), reverse=True)
+    layers, after = nn.ModuleDict(), {}
+    for i, spec in enumerate(specs):
+        where = f"model.{network}.attention[{i}]"
+        if spec.res not in out_resolutions:
+            raise ConfigError(
+                f"{where}: no {network}-{cfg.resolution} block outputs res {spec.res}; valid attention resolutions are {valid}"
+            )
+        index = out_resolutions.index(spec.res)
+        layers[str(spec.res)] = SelfAttention2d(
+            out_channels[index],
+            spec,
+            eval_seed=_layer_seed(network, spec.res, "eval", cfg.smyrf_seed),
+            train_seed=_layer_seed(network, spec.res, "train", cfg.smyrf_seed),
+            sn_iters=cfg.sn_iters,
+            sn_eps=cfg.sn_eps,
+            where=where,
+        )
+        after[index] = str(spec.res)
+    return layers, after

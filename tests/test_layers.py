@@ -1,0 +1,123 @@
+"""Layers of the BigGAN models: spectral norm, conditional BN, the SAGAN attention block (dense vs SMYRF)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from biggan.errors import ConfigError
+from biggan.models import AttentionConfig, SelfAttention2d
+from biggan.models.conditioning import ConditionalBatchNorm2d
+from biggan.models.spectral_norm import SNConv2d, SNEmbedding, SNLinear
+
+
+def _attention(channels: int, res: int, **spec) -> SelfAttention2d:
+    return SelfAttention2d(
+        channels, AttentionConfig(res=res, **spec), eval_seed=1, train_seed=2, sn_iters=1, sn_eps=1e-6, where="test"
+    )
+
+
+@pytest.mark.parametrize("make", [lambda: SNLinear(20, 30), lambda: SNConv2d(6, 10, 3), lambda: SNEmbedding(7, 12)])
+def test_spectral_norm_drives_top_singular_value_to_one(make) -> None:
+    torch.manual_seed(0)
+    layer = make()
+    with torch.no_grad():
+        layer.weight.mul_(5.0)
+    true_sigma = torch.linalg.matrix_norm(layer.weight.reshape(layer.weight.shape[0], -1), ord=2)
+    layer.train()
+    for _ in range(200):  # one power iteration per training forward, as in BigGAN
+        layer.normalized_weight()
+    normalized = layer.normalized_weight().reshape(layer.weight.shape[0], -1)
+    assert torch.linalg.matrix_norm(normalized, ord=2).item() == pytest.approx(1.0, abs=2e-3)
+    assert layer.sv.item() == pytest.approx(true_sigma.item(), rel=1e-3)
+
+
+def test_spectral_norm_updates_u_only_in_training_and_stays_fp32_under_autocast() -> None:
+    torch.manual_seed(0)
+    layer = SNLinear(16, 16)
+    layer.eval()
+    u_before = layer.u.clone()
+    layer(torch.randn(2, 16))
+    assert torch.equal(layer.u, u_before)
+    layer.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(torch.randn(2, 16))
+    assert out.dtype == torch.bfloat16
+    assert layer.u.dtype == torch.float32 and layer.sv.dtype == torch.float32
+    assert not torch.equal(layer.u, u_before)
+    w = layer.weight.detach()
+    # One fp32 iteration from the same u gives the same sigma as the layer's (a bf16 iteration would differ ~1e-2).
+    v = nn.functional.normalize(u_before @ w, dim=1, eps=1e-6)
+    u = nn.functional.normalize(v @ w.t(), dim=1, eps=1e-6)
+    assert layer.sv.item() == pytest.approx((v @ w.t() @ u.t()).item(), rel=1e-6)
+
+
+def test_conditional_bn_is_batch_norm_scaled_by_one_plus_gain() -> None:
+    torch.manual_seed(0)
+    cbn = ConditionalBatchNorm2d(4, lambda width: nn.Linear(3, width, bias=False), eps=1e-5)
+    x, c = torch.randn(5, 4, 6, 6), torch.randn(5, 3)
+    expected = nn.functional.batch_norm(x, None, None, training=True, eps=1e-5)
+    gain = cbn.gain(c)[:, :, None, None]
+    bias = cbn.bias(c)[:, :, None, None]
+    torch.testing.assert_close(cbn(x, c), expected * (1 + gain) + bias)
+
+
+def test_attention_block_is_identity_at_init() -> None:
+    torch.manual_seed(0)
+    block = _attention(16, 8)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+
+
+def test_smyrf_with_one_cluster_equals_dense() -> None:
+    torch.manual_seed(0)
+    res = 16
+    dense = _attention(16, res).eval()
+    with torch.no_grad():
+        dense.gamma.fill_(0.7)
+    smyrf = _attention(16, res, kind="smyrf", n_hashes=1, q_cluster_size=res * res, k_cluster_size=res * res // 4).eval()
+    smyrf.load_state_dict(dense.state_dict(), strict=True)
+    x = torch.randn(2, 16, res, res)
+    torch.testing.assert_close(smyrf(x), dense(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(dense(x), x)  # the attention path contributes
+
+
+def test_smyrf_eval_is_repeatable_and_training_draws_fresh_projections() -> None:
+    torch.manual_seed(0)
+    block = _attention(16, 16, kind="smyrf", n_hashes=2, q_cluster_size=32, k_cluster_size=8)
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    x = torch.randn(2, 16, 16, 16)
+    block.eval()
+    torch.testing.assert_close(block(x), block(x), rtol=0, atol=0)
+    block.train()
+    first = block(x)
+    for layer in (block.theta, block.phi, block.g, block.o):
+        layer.eval()  # freeze SN so that only the projections can change the output
+    state = block.generator.get_state()
+    second, third = block(x), block(x)
+    assert not torch.allclose(second, third)
+    block.generator.set_state(state)
+    torch.testing.assert_close(block(x), second, rtol=0, atol=0)
+    assert first.shape == x.shape
+
+
+def test_configure_switches_kind_in_place_and_checks_sizes() -> None:
+    block = _attention(16, 16)
+    weights = {k: v.clone() for k, v in block.state_dict().items()}
+    block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4, q_cluster_size=64, k_cluster_size=16))
+    assert block.spec.kind == "smyrf"
+    assert all(torch.equal(weights[k], v) for k, v in block.state_dict().items())
+    with pytest.raises(ConfigError, match="q_cluster_size 100 does not divide the 256 queries"):
+        block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4, q_cluster_size=100, k_cluster_size=25))
+    with pytest.raises(ConfigError, match="k_cluster_size 48 does not divide the 64"):
+        block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4, q_cluster_size=64, k_cluster_size=48))
+    with pytest.raises(ConfigError, match="256/64 = 4 query clusters but 64/32 = 2 key clusters"):
+        block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4, q_cluster_size=64, k_cluster_size=32))
+    with pytest.raises(ConfigError, match="n_hashes act only with kind: smyrf"):
+        block.configure(AttentionConfig(res=16, kind="dense", n_hashes=4))
+    with pytest.raises(ConfigError, match="set q_cluster_size, k_cluster_size"):
+        block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4))
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        _attention(12, 16)
