@@ -7,6 +7,7 @@ sends the signals to ``train.py`` itself and checks the checkpoint it leaves and
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from biggan.training.checkpoint import load_checkpoint
+from tests.bad_inputs.harness import PYTHON, REPO, LiveProcess, tiny_overrides
+
+GRACE_SECONDS = 30  # what spot VMs give; the trainer must be out well within it
 
 
 _CHILD = """
@@ -76,3 +80,42 @@ def test_watchdog_force_exits_when_the_grace_period_passes(tmp_path: Path) -> No
     assert not (tmp_path / "done").exists()
 
 
+
+
+_STOPPED_RE = re.compile(r"stopped by (SIG\w+) at step (\d+)")
+
+
+def _signal_trainer(argv: list[str], sig: signal.Signals, after_step: int) -> tuple[int, int, float]:
+    """Start train.py, wait for a status line at ``after_step`` or later, send ``sig``; (exit code, stop step, seconds)."""
+    run = LiveProcess(argv)
+    try:
+        assert run.wait_for_step(after_step, timeout=300), run.stdout[-5:] + run.stderr[-10:]
+        start = time.monotonic()
+        run.proc.send_signal(sig)
+        code = run.finish(timeout=GRACE_SECONDS + 30)
+        seconds = time.monotonic() - start
+    finally:
+        run.kill()
+    stopped = run.wait_for(_STOPPED_RE, timeout=0)
+    assert code == 0 and stopped, run.stdout[-5:] + run.stderr[-10:]
+    assert stopped.group(1) == sig.name
+    assert "Traceback" not in "\n".join(run.stderr)
+    return code, int(stopped.group(2)), seconds
+
+
+@pytest.mark.slow
+def test_train_py_checkpoints_and_exits_zero_on_sigterm_then_sigint(tmp_path: Path) -> None:
+    argv = [PYTHON, "train.py", *tiny_overrides(tmp_path / "runs", tmp_path / "datasets", total_steps=10_000,
+                                                ckpt_every=10_000), f"train.preempt_grace_seconds={GRACE_SECONDS}"]
+    latest = tmp_path / "runs" / "demo" / "checkpoints" / "latest.pt"
+
+    _, stopped_at, seconds = _signal_trainer(argv, signal.SIGTERM, after_step=3)
+    assert seconds < GRACE_SECONDS
+    assert stopped_at >= 3 and load_checkpoint(latest)["step"] == stopped_at  # the current step, not an old interval
+
+    # The same command resumes from that checkpoint and keeps going; Ctrl-C stops it the same way.
+    _, stopped_again, seconds = _signal_trainer(argv, signal.SIGINT, after_step=stopped_at + 2)
+    assert seconds < GRACE_SECONDS
+    assert stopped_again >= stopped_at + 2 and load_checkpoint(latest)["step"] == stopped_again
+    log = (tmp_path / "runs" / "demo" / "log.txt").read_text()
+    assert f"resumed from {latest} at step {stopped_at}" in log

@@ -84,11 +84,27 @@ class LiveProcess:
                     return None
                 self._cond.wait(min(left, 0.2))
 
+    def wait_for_step(self, step: int, timeout: float) -> bool:
+        """Wait until a status line at ``step`` or later was printed (False if the process ended or time ran out)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._last_step() < step:
+                if self.proc.poll() is not None and not any(r.is_alive() for r in self._readers):
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.2))
+        return True
+
+    def _last_step(self) -> int:
+        steps = [int(m.group(1)) for m in map(STEP_RE.match, self.stdout) if m]
+        return steps[-1] if steps else 0
+
     def last_step(self) -> int:
         """The last step whose status line was printed (0 if none)."""
         with self._cond:
-            steps = [int(m.group(1)) for m in map(STEP_RE.match, self.stdout) if m]
-        return steps[-1] if steps else 0
+            return self._last_step()
 
     def finish(self, timeout: float) -> int:
         """Wait for exit and for the output readers; returns the exit status."""
