@@ -148,8 +148,8 @@ def smyrf_attention(
         impl: "fused" (default) processes rounds one at a time and recomputes in backward, storing only q, k, v,
             the permutations, the output and one logsumexp per query; it is not twice differentiable.
             "reference" chains the pure steps with plain autograd (all rounds at once, more memory).
-        kernel: attention inside clusters for ``impl="fused"``: "auto" (fused CPU flash kernel on CPU, matmul +
-            softmax elsewhere), "flash" or "math".
+        kernel: attention inside clusters for ``impl="fused"``: "auto" (PyTorch's fused CPU flash kernel on CPU
+            when ck >= 256, matmul + softmax otherwise and on other devices), "flash" or "math".
 
     Returns:
         (..., Nq, dv) in q's dtype, or (out, (perm_q, perm_k)) when ``return_clusters``.
@@ -180,7 +180,7 @@ def smyrf_attention(
 
     with torch.autocast(device_type, enabled=False):
         if impl == "fused":
-            kernel_name = resolve_kernel(kernel, q.device, q.dtype)
+            kernel_name = resolve_kernel(kernel, q.device, q.dtype, k_cluster_size)
             out = smyrf_fused(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters, scale, kernel_name)  # (B, Nq, dv)
         elif impl == "reference":
             s_out, s_lse = attend_in_clusters(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters=n_clusters, scale=scale)

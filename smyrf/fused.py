@@ -101,12 +101,20 @@ def _flash_available(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
-def resolve_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype) -> str:
-    """Pick the block kernel. "auto": PyTorch's fused CPU flash-attention kernel on CPU (measured faster than matmul +
-    softmax at the BigGAN shapes, see benchmarks/attention.py), matmul + softmax elsewhere (CUDA, XLA), where it is
-    portable, static-shaped and has no private-op dependency."""
+# Below this key cluster size the fused kernel loses to matmul + softmax on CPU: it pads q and k to dv (4x the q.k work
+# at BigGAN's d = dv/4) and its 512-key blocks run part-empty. Measured fwd+bwd CPU time, Nq=16384, Nk=4096, H=4,
+# cq=4ck, 1 thread: d=12/dv=48: ck=128 flash 0.14 s / math 0.17 s, ck=512 0.29 / 0.68; d=24/dv=96: ck=64 0.18 / 0.13,
+# ck=128 0.23 / 0.19, ck=256 0.33 / 0.51, ck=512 0.50 / 0.86.
+_FLASH_MIN_K_CLUSTER = 256
+
+
+def resolve_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, k_cluster_size: int) -> str:
+    """Pick the block kernel. "auto": PyTorch's fused CPU flash-attention kernel on CPU for key clusters of at least
+    256 (measured faster there, see ``_FLASH_MIN_K_CLUSTER``), matmul + softmax otherwise and on CUDA/XLA, where it is
+    portable, static-shaped and needs no private op."""
     if kernel == "auto":
-        return "flash" if _flash_available(device, dtype) else "math"
+        use_flash = _flash_available(device, dtype) and k_cluster_size >= _FLASH_MIN_K_CLUSTER
+        return "flash" if use_flash else "math"
     if kernel == "flash" and not _flash_available(device, dtype):
         raise ValueError(f"kernel='flash' needs a CPU tensor of a float dtype, got device={device}, dtype={dtype}")
     if kernel not in _FORWARD:
