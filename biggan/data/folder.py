@@ -74,7 +74,7 @@ def resize_square(img: Image.Image, resolution: int, name: str, resample: str = 
 
 def to_chw(img: Image.Image) -> np.ndarray:
     """RGB PIL image -> uint8 ``(3, h, w)``."""
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)  # (h, w, 3) -> (3, h, w)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))  # (h, w, 3) -> (3, h, w)
 
 
 class FolderDataset:
