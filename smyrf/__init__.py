@@ -4,11 +4,11 @@ Standalone: imports only torch and knows nothing of BigGAN, configs or devices.
 
 Public API:
 - ``smyrf_attention(q, k, v, *, n_hashes, q_cluster_size, k_cluster_size, scale=None, generator=None,
-  return_clusters=False, projections=None, impl="fused", kernel="auto")``
+  return_clusters=False, projections=None, hashing="projection", impl="fused", kernel="auto")``
 - ``SmyrfAttention(n_hashes, q_cluster_size, k_cluster_size, *, seed=None, ...)``, an nn.Module without parameters
 - ``dense_attention(q, k, v, scale=None)``, the exact oracle
 - the pure steps: ``asymmetric_transform``, ``draw_projections``, ``hash_rounds``, ``balanced_clusters``,
-  ``attend_in_clusters``, ``unsort``, ``combine_rounds``
+  ``attend_in_clusters``, ``unsort``, ``combine_rounds`` (and ``kdtree_levels`` for the "kdtree" hashing)
 
 Shape legend: B rows (leading dims flattened); Nq, Nk queries/keys; d, dv query/key and value dims; H hash rounds;
 nc clusters per round; cq, ck cluster sizes; ``s_`` prefix = sorted (clustered) order of one round.
@@ -17,7 +17,7 @@ nc clusters per round; cq, ck cluster sizes; ``s_`` prefix = sorted (clustered) 
 from smyrf.attention import SmyrfAttention
 from smyrf.dense import dense_attention
 from smyrf.functional import attend_in_clusters, combine_rounds, smyrf_attention, unsort
-from smyrf.hashing import asymmetric_transform, balanced_clusters, draw_projections, hash_rounds
+from smyrf.hashing import asymmetric_transform, balanced_clusters, draw_projections, hash_rounds, kdtree_levels
 
 __all__ = [
     "smyrf_attention",
@@ -30,4 +30,5 @@ __all__ = [
     "attend_in_clusters",
     "unsort",
     "combine_rounds",
+    "kdtree_levels",
 ]

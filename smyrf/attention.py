@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from smyrf.functional import smyrf_attention
+from smyrf.functional import Hashing, smyrf_attention
 from smyrf.fused import Kernel
 from smyrf.hashing import check_cluster_sizes
 
@@ -32,7 +32,7 @@ class SmyrfAttention(nn.Module):
         n_hashes: H, hash rounds.
         q_cluster_size, k_cluster_size: cq and ck (Nq/cq must equal Nk/ck at call time).
         seed: fixed projection seed, or None.
-        impl, kernel: as in :func:`smyrf.smyrf_attention`.
+        hashing, impl, kernel: as in :func:`smyrf.smyrf_attention`.
     """
 
     def __init__(
@@ -42,6 +42,7 @@ class SmyrfAttention(nn.Module):
         k_cluster_size: int,
         *,
         seed: int | None = None,
+        hashing: Hashing = "projection",
         impl: Literal["fused", "reference"] = "fused",
         kernel: Kernel = "auto",
     ) -> None:
@@ -53,6 +54,7 @@ class SmyrfAttention(nn.Module):
         self.q_cluster_size = q_cluster_size
         self.k_cluster_size = k_cluster_size
         self.seed = seed
+        self.hashing = hashing
         self.impl = impl
         self.kernel = kernel
 
@@ -71,6 +73,7 @@ class SmyrfAttention(nn.Module):
             k_cluster_size=self.k_cluster_size,
             scale=scale,
             generator=generator,
+            hashing=self.hashing,
             impl=self.impl,
             kernel=self.kernel,
         )
@@ -78,5 +81,5 @@ class SmyrfAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, seed={self.seed}, impl={self.impl!r}"
+            f"k_cluster_size={self.k_cluster_size}, seed={self.seed}, hashing={self.hashing!r}, impl={self.impl!r}"
         )

@@ -23,9 +23,18 @@ import torch
 from torch import Tensor
 
 from smyrf.fused import Kernel, resolve_kernel, smyrf_fused
-from smyrf.hashing import asymmetric_transform, balanced_clusters, check_cluster_sizes, draw_projections, hash_rounds
+from smyrf.hashing import (
+    asymmetric_transform,
+    balanced_clusters,
+    check_cluster_sizes,
+    draw_projections,
+    hash_rounds,
+    kdtree_levels,
+)
 
 __all__ = ["attend_in_clusters", "unsort", "combine_rounds", "smyrf_attention"]
+
+Hashing = Literal["projection", "kdtree"]
 
 
 def _gather_rounds(x: Tensor, perm: Tensor) -> Tensor:
@@ -91,7 +100,7 @@ def combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
     return (weights.unsqueeze(-1) * out).sum(0)  # (B, Nq, dv)
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, n_hashes: int, projections: Tensor | None) -> None:
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, n_hashes: int) -> None:
     """Raise ValueError naming the numbers for every shape the algorithm cannot honour."""
     if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
         raise ValueError(f"q, k, v need shape (..., N, dim), got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -109,11 +118,13 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, n_hashes: int, projections: T
         raise ValueError(f"q, k, v need one device, got {q.device}, {k.device}, {v.device}")
     if n_hashes < 1:
         raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
-    if projections is not None and tuple(projections.shape) != (q.shape[-1] + 2, n_hashes):
-        raise ValueError(
-            f"projections must have shape (d+2, n_hashes) = ({q.shape[-1] + 2}, {n_hashes}), "
-            f"got {tuple(projections.shape)}"
-        )
+
+
+def _check_projections(projections: Tensor, d: int, n_hashes: int, levels: int | None) -> None:
+    expected = (d + 2, n_hashes) if levels is None else (d + 2, n_hashes, levels)
+    if tuple(projections.shape) != expected:
+        what = "(d+2, n_hashes)" if levels is None else "(d+2, n_hashes, kdtree_levels(nc))"
+        raise ValueError(f"projections must have shape {what} = {expected}, got {tuple(projections.shape)}")
 
 
 def smyrf_attention(
@@ -128,6 +139,7 @@ def smyrf_attention(
     generator: torch.Generator | None = None,
     return_clusters: bool = False,
     projections: Tensor | None = None,
+    hashing: Hashing = "projection",
     impl: Literal["fused", "reference"] = "fused",
     kernel: Kernel = "auto",
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -144,7 +156,10 @@ def smyrf_attention(
             from OS entropy (non-reproducible).
         return_clusters: also return the permutations (perm_q (H, ..., Nq), perm_k (H, ..., Nk)): sorted position
             -> original index; the cluster of sorted position i is i // cq (or i // ck).
-        projections: a fixed (d+2, H) projection matrix (see ``draw_projections``); overrides ``generator``.
+        projections: fixed projections (see ``draw_projections``), (d+2, H), or (d+2, H, kdtree_levels(nc)) for
+            ``hashing="kdtree"``; they override ``generator``.
+        hashing: "projection" (the paper's: sort by one random projection per round) or "kdtree" (a balanced
+            k-d tree per round: lower error at the same H, cq, ck; see ``smyrf.hashing``).
         impl: "fused" (default) processes rounds one at a time and recomputes in backward, storing only q, k, v,
             the permutations, the output and one logsumexp per query; it is not twice differentiable.
             "reference" chains the pure steps with plain autograd (all rounds at once, more memory).
@@ -156,10 +171,18 @@ def smyrf_attention(
 
     Under autocast, the lift and hashing run in fp32 and the attention in the autocast dtype.
     """
-    _check_inputs(q, k, v, n_hashes, projections)
+    _check_inputs(q, k, v, n_hashes)
     *lead, nq, d = q.shape
     nk, dv = k.shape[-2], v.shape[-1]
     check_cluster_sizes(nq, nk, q_cluster_size, k_cluster_size)
+    n_clusters = nq // q_cluster_size
+    if hashing not in ("projection", "kdtree"):
+        raise ValueError(f"hashing must be 'projection' or 'kdtree', got {hashing!r}")
+    if impl not in ("fused", "reference"):
+        raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
+    levels = kdtree_levels(n_clusters) if hashing == "kdtree" else None
+    if projections is not None:
+        _check_projections(projections, d, n_hashes, levels)
     if scale is None:
         scale = 1.0 / math.sqrt(d)
     out_dtype = q.dtype
@@ -173,20 +196,17 @@ def smyrf_attention(
     v_rows = v.reshape(-1, nk, dv)  # (B, Nk, dv)
     q_lift, k_lift = asymmetric_transform(q_rows, k_rows)  # (B, Nq, d+2), (B, Nk, d+2)
     if projections is None:
-        projections = draw_projections(d, n_hashes, generator, device=q.device)  # (d+2, H)
-    hq, hk = hash_rounds(q_lift, k_lift, projections)  # (H, B, Nq), (H, B, Nk)
+        projections = draw_projections(d, n_hashes, generator, device=q.device, levels=levels)  # (d+2, H[, L])
+    hq, hk = hash_rounds(q_lift, k_lift, projections)  # (H, B, Nq[, L]), (H, B, Nk[, L])
     perm_q, perm_k = balanced_clusters(hq, hk, q_cluster_size, k_cluster_size)  # (H, B, Nq), (H, B, Nk)
-    n_clusters = nq // q_cluster_size
 
     with torch.autocast(device_type, enabled=False):
         if impl == "fused":
             kernel_name = resolve_kernel(kernel, q.device, q.dtype, k_cluster_size)
             out = smyrf_fused(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters, scale, kernel_name)  # (B, Nq, dv)
-        elif impl == "reference":
+        else:
             s_out, s_lse = attend_in_clusters(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters=n_clusters, scale=scale)
             out = combine_rounds(*unsort(s_out, s_lse, perm_q))  # (B, Nq, dv)
-        else:
-            raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
     out = out.reshape(*lead, nq, dv).to(out_dtype)  # (..., Nq, dv)
     if return_clusters:
         return out, (perm_q.reshape(n_hashes, *lead, nq), perm_k.reshape(n_hashes, *lead, nk))

@@ -250,3 +250,40 @@ def test_public_api():
         "smyrf_attention", "SmyrfAttention", "dense_attention", "asymmetric_transform", "draw_projections",
         "hash_rounds", "balanced_clusters", "attend_in_clusters", "unsort", "combine_rounds",
     }
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("nq,nk,cq,ck", [(32, 16, 8, 4), (48, 24, 8, 4), (32, 16, 32, 16)])
+def test_kdtree_hashing_is_multiset_union_softmax(impl, nq, nk, cq, ck):
+    q, k, v = _qkv(b=(2,), nq=nq, nk=nk)
+    out, (perm_q, perm_k) = smyrf_attention(
+        q, k, v, n_hashes=2, q_cluster_size=cq, k_cluster_size=ck, scale=0.8, hashing="kdtree",
+        generator=torch.Generator().manual_seed(1), return_clusters=True, impl=impl,
+    )
+    ref = _multiset_union(q, k, v, perm_q, perm_k, cq, ck, 0.8)
+    torch.testing.assert_close(out, ref, rtol=1e-11, atol=1e-12)
+    for g, g_ref in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+    if nq == cq:  # one cluster per round: exactly dense
+        torch.testing.assert_close(out, dense_attention(q, k, v, scale=0.8), rtol=1e-12, atol=1e-12)
+
+
+def test_kdtree_clusters_are_balanced_tree_leaves():
+    assert [smyrf.kdtree_levels(n) for n in (1, 2, 8, 6, 7, 16)] == [0, 1, 3, 2, 1, 4]
+    q, k, _ = _qkv(b=(3,), nq=64, nk=16, grad=False)
+    q_lift, k_lift = asymmetric_transform(q, k)
+    proj = draw_projections(6, 2, torch.Generator().manual_seed(0), levels=2)  # (d+2, H, L), nc = 4 = 2 x 2
+    hq, hk = hash_rounds(q_lift, k_lift, proj)
+    assert hq.shape == (2, 3, 64, 2) and hk.shape == (2, 3, 16, 2)
+    perm_q, perm_k = balanced_clusters(hq, hk, 16, 4)
+    for perm, h, n in ((perm_q, hq, 64), (perm_k, hk, 16)):
+        assert torch.equal(perm.sort(-1).values, torch.arange(n).expand_as(perm))
+        s_h = h.gather(2, perm.unsqueeze(-1).expand(-1, -1, -1, 2)).view(2, 3, 2, 2, n // 4, 2)  # (H, B, f0, f1, c, L)
+        # Level 0 splits at the median of h0; level 1 splits each half at the median of h1.
+        assert (s_h[:, :, 0, ..., 0].amax((-1, -2)) <= s_h[:, :, 1, ..., 0].amin((-1, -2))).all()
+        assert (s_h[:, :, :, 0, :, 1].amax(-1) <= s_h[:, :, :, 1, :, 1].amin(-1)).all()
+    with pytest.raises(ValueError, match=r"needs 2 levels \[2, 2\], got hashes with 3"):
+        balanced_clusters(hq.repeat(1, 1, 1, 2)[..., :3], hk.repeat(1, 1, 1, 2)[..., :3], 16, 4)
+    with pytest.raises(ValueError, match=r"\(d\+2, n_hashes, kdtree_levels\(nc\)\) = \(8, 2, 2\)"):
+        smyrf_attention(q, k, torch.randn(3, 16, 2, dtype=q.dtype), n_hashes=2, q_cluster_size=16, k_cluster_size=4,
+                        hashing="kdtree", projections=draw_projections(6, 2))
