@@ -92,8 +92,8 @@ class _Trainer:
 
     def __init__(self, cfg: Config, runtime: Runtime, run_dir: RunDir, logger: RunLogger) -> None:
         self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
-        self.dataset, stream = build_stream(cfg, runtime)
-        self.state = TrainingState(cfg, runtime, stream)
+        self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
+        self.dataset, self.state.stream = build_stream(cfg, runtime)
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
         self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
         self.fid: Any = None

@@ -22,7 +22,7 @@ from torchvision.utils import make_grid, save_image
 
 from biggan.errors import UserError
 
-__all__ = ["parse_seeds", "latents_for_seeds", "generate", "to_uint8", "image_grid", "save_grid"]
+__all__ = ["parse_seeds", "latents_for_seeds", "generate", "to_uint8", "image_grid", "save_grid", "save_image_files"]
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -68,15 +68,23 @@ def to_uint8(x: Tensor) -> Tensor:
     return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-def image_grid(x: Tensor) -> Tensor:
-    """(B, 3, h, w) in [-1, 1] -> one (3, H, W) grid in [0, 1], as square as possible."""
-    nrow = max(1, math.ceil(math.sqrt(x.shape[0])))
+def image_grid(x: Tensor, nrow: Optional[int] = None) -> Tensor:
+    """(B, 3, h, w) in [-1, 1] -> one (3, H, W) grid in [0, 1]; square-ish unless ``nrow`` (images per row) is given."""
+    nrow = nrow or max(1, math.ceil(math.sqrt(x.shape[0])))
     return make_grid(to_uint8(x).float() / 255.0, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def save_grid(x: Tensor, path: str | Path) -> Tensor:
+def save_grid(x: Tensor, path: str | Path, nrow: Optional[int] = None) -> Tensor:
     """Save an image grid as PNG and return it (for TensorBoard)."""
-    grid = image_grid(x)
+    grid = image_grid(x, nrow)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, str(path))
     return grid
+
+
+def save_image_files(x: Tensor, outdir: str | Path, names: list[str]) -> None:
+    """One PNG per image: ``<outdir>/<name>.png`` (uint8-quantised exactly as the grids and FID fakes)."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    for image, name in zip(x, names):
+        save_image(to_uint8(image).float() / 255.0, str(out / f"{name}.png"))

@@ -38,8 +38,9 @@ def _stream_seed(seed: int, rank: int) -> int:
 class TrainingState:
     """G, D (possibly DDP-wrapped), G_ema, optimisers and the data stream, plus progress counters."""
 
-    def __init__(self, cfg: Config, runtime: Runtime, stream: Any) -> None:
-        self.cfg, self.runtime, self.stream = cfg, runtime, stream
+    def __init__(self, cfg: Config, runtime: Runtime) -> None:
+        self.cfg, self.runtime = cfg, runtime
+        self.stream: Any = None  # the BatchStream; set by the loop after the models are built (cheap errors first)
         seed_everything(cfg.seed)  # same weights on every process (DDP also broadcasts them from rank 0)
         G, D = build_generator(cfg.model), build_discriminator(cfg.model)
         self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start)

@@ -1,0 +1,140 @@
+"""A few steps of a tiny demo-like run: the run directory, TensorBoard events, grids, checkpoints, FID hook, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from biggan.config import load_config
+from biggan.runtime import Runtime
+from biggan.training import loop
+from biggan.training.checkpoint import REQUIRED_KEYS, load_checkpoint
+from biggan.training.summary import describe_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_overrides(tmp: Path, steps: int) -> list[str]:
+    """The demo config shrunk to seconds: ch 8, batch 4, 64 synthetic images; SMYRF in G, dense in D kept."""
+    return [
+        f"out_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}", "data.synthetic_num_images=64", "runtime.kind=cpu", "runtime.threads=1",
+        "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", f"train.total_steps={steps}", "train.ckpt_every=2",
+        "log.every=1", "log.sample_every=2", "log.num_samples=4", "log.progress_bar=false", "fid.every=0",
+    ]
+
+
+class FakeFID:
+    """Stand-in for FIDEvaluator: same interface, scores the mean brightness of a few fakes (no Inception weights)."""
+
+    name = "fid8_fake"
+    identity = {"extractor": "fake", "ref_stats": "none", "ref_n": 0}
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, sample_uint8, reduce=None, world_size=1) -> float:
+        self.calls += 1
+        images = sample_uint8(8)
+        assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32)
+        return 100.0 / self.calls  # improves every time -> a new best.pt each evaluation
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(ROOT / "configs" / "demo.yaml", tiny_overrides(tmp, steps=4) + ["fid.every=2"])
+    fake = FakeFID()
+    import biggan.fid.evaluate as fid_evaluate
+
+    original = fid_evaluate.build_fid_evaluator
+    fid_evaluate.build_fid_evaluator = lambda *args, **kwargs: fake
+    try:
+        status = loop.run(cfg, Runtime.setup(cfg.runtime), echo=False)
+    finally:
+        fid_evaluate.build_fid_evaluator = original
+    return cfg, Path(cfg.out_dir) / cfg.name, status, fake
+
+
+def test_run_directory_layout(smoke_run):
+    cfg, run_dir, status, fake = smoke_run
+    assert status == 0
+    assert load_config(run_dir / "config.yaml") == cfg
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [1, 2, 3, 4]
+    for key in ("loss/D_real", "loss/D_fake", "loss/G", "D_out/real", "grad_norm/G", "speed/img_per_sec",
+                "memory/peak_gib", "lr/G", "attention_gamma/G.attention.32", "sv/G.linear"):
+        assert key in stats[-1], key
+    assert stats[-1]["progress/kimg"] == pytest.approx(4 * 4 * 2 / 1000)  # steps x batch x D steps
+    log = (run_dir / "log.txt").read_text()
+    assert "step 4/4" in log and "img/s" in log and "peak_mem" in log
+    for step in (2, 4):
+        assert (run_dir / "samples" / f"G_ema-{step:08d}.png").is_file()
+        assert (run_dir / "samples" / f"G-{step:08d}.png").is_file()
+
+
+def test_fid_hook_metrics_and_best_checkpoint(smoke_run):
+    _, run_dir, _, fake = smoke_run
+    assert fake.calls == 2
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["fid8_fake"] == 50.0
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["step"] == 4 and best["best_fid"] == 50.0
+
+
+def test_checkpoint_contents(smoke_run):
+    cfg, run_dir, _, _ = smoke_run
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # weights_only=True inside
+    assert set(REQUIRED_KEYS) <= set(state)
+    assert state["step"] == 4 and state["images_seen"] == 32
+    assert load_config(ROOT / "configs" / "demo.yaml", tiny_overrides(run_dir.parents[1], 4) + ["fid.every=2"]) == cfg
+    assert state["config"]["model"]["G"]["ch"] == 8 and state["model_args"]["resolution"] == 32
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+    assert set(state["attention_rng"]["G"]) == {"attention.32"}
+    assert state["data"]["position"] > 0
+    assert len(list((run_dir / "checkpoints").glob("step-*.pt"))) == 2  # keep_last of the demo config
+
+
+def test_tensorboard_events_read_back(smoke_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, _, _ = smoke_run
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in ("loss/D_real", "loss/D_fake", "loss/G", "grad_norm/D", "lr/D", "attention_gamma/G.attention.32",
+                "speed/img_per_sec", "memory/peak_gib", "metrics/fid8_fake"):
+        assert tag in tags["scalars"], tag
+    assert [e.step for e in events.Scalars("loss/G")] == [1, 2, 3, 4]
+    assert {"samples/G_ema", "samples/G"} <= set(tags["images"])
+    assert any("config" in tag for tag in tags["tensors"])  # add_text is stored as a tensor summary
+
+
+def test_dry_run_summary():
+    cfg = load_config(ROOT / "configs" / "celebahq128_smyrf.yaml", ["model.G.ch=8", "model.D.ch=8"])
+    text = describe_run(cfg)
+    assert "name: celebahq128_smyrf" in text
+    assert "G: after the block with output 128x128" in text and "smyrf H=4 cq=2048 ck=512" in text
+    assert "D: no attention" in text and "parameters" in text
+
+
+def test_cli_bad_override_exits_2_with_one_line():
+    result = subprocess.run([sys.executable, "train.py", "train.lr_gg=1", "--dry-run"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        result.stderr.strip()
+    ] and "unknown config key 'train.lr_gg'" in result.stderr
