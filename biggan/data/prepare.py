@@ -60,7 +60,7 @@ def _layout(names: list[str]) -> str:
     if parts & {"train", "val"} and parts & {"female", "male"}:
         return "stargan-v2"
     stems = [Path(n).stem for n in names]
-    if all(s.isdigit() for s in stems) and min(int(s) for s in stems) == 0:
+    if all(s.isdigit() and s == str(int(s)) for s in stems) and min(int(s) for s in stems) == 0:  # 0.jpg, unpadded
         return "celebamask-hq"
     return "generic"
 
