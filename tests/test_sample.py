@@ -1,0 +1,153 @@
+"""sample.py: G rebuilt from the checkpoint alone; per-seed determinism at any batch size; attention switching."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from biggan.config import load_config, to_dict
+from biggan.models import attention_gammas, build_generator
+from biggan.training.checkpoint import FORMAT_VERSION, save_checkpoint
+from biggan.training.generator_io import attention_overrides, interpolation_latents, load_generator
+from biggan.training.sampling import generate, latents_for_seeds, parse_seeds, to_uint8
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smyrf_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a SMYRF-attention G (demo placement, ch 8) with gamma != 0, so attention changes the output."""
+    cfg = load_config(ROOT / "configs" / "demo.yaml", ["model.G.ch=8", "model.D.ch=8"])
+    torch.manual_seed(0)
+    G = build_generator(cfg.model)
+    with torch.no_grad():
+        for gamma in attention_gammas(G).values():
+            gamma.fill_(2.0)
+    G_ema = build_generator(cfg.model)  # different weights: tells G and G_ema apart
+    state = {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "model_args": to_dict(cfg.model), "step": 7,
+             "G": G.state_dict(), "G_ema": G.state_dict(), "D": {}, "opt_G": {}, "opt_D": {}, "images_seen": 0,
+             "best_fid": None, "rng": {}, "data": {}, "attention_rng": {}}
+    state["G"] = G_ema.state_dict()
+    return save_checkpoint(state, tmp_path_factory.mktemp("ckpt"), step=7, keep_last=1)
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
+    assert parse_seeds("5") == [5]
+    from biggan.errors import UserError
+
+    for bad in ("3-1", "a", "-2", ""):
+        with pytest.raises(UserError):
+            parse_seeds(bad)
+
+
+def test_latents_depend_only_on_the_seed():
+    z = latents_for_seeds([0, 1, 2, 3], 16)
+    assert torch.equal(latents_for_seeds([2], 16)[0], z[2])
+    assert torch.equal(latents_for_seeds([3, 0], 16, truncation=0.5), 0.5 * z[[3, 0]])
+
+
+def test_images_identical_across_batch_sizes_and_runs(smyrf_checkpoint):
+    G, cfg, info = load_generator(smyrf_checkpoint)
+    assert info["network"] == "G_ema" and info["step"] == 7 and not G.training
+    z = latents_for_seeds(list(range(6)), cfg.dim_z)
+    x_one = generate(G, z, batch_size=1, device="cpu")
+    x_all = generate(G, z, batch_size=6, device="cpu")
+    x_again = generate(G, z, batch_size=4, device="cpu")
+    assert x_all.shape == (6, 3, 32, 32)
+    # Same batch size: bitwise. Other batch sizes: CPU conv/GEMM kernels block differently, so floats agree to ~1e-6
+    # and the saved 8-bit images to within one level (a value exactly at a rounding boundary).
+    assert torch.equal(generate(G, z, batch_size=6, device="cpu"), x_all)
+    for other in (x_one, x_again):
+        assert torch.allclose(other, x_all, atol=2e-5, rtol=0)
+        assert (to_uint8(other).int() - to_uint8(x_all).int()).abs().max() <= 1
+    subset = generate(G, latents_for_seeds([4, 1], cfg.dim_z), batch_size=2, device="cpu")
+    assert torch.allclose(subset, x_all[[4, 1]], atol=2e-5, rtol=0)
+
+
+def test_dense_attention_on_a_smyrf_checkpoint(smyrf_checkpoint):
+    G, cfg, _ = load_generator(smyrf_checkpoint)
+    z = latents_for_seeds([0, 1, 2], cfg.dim_z)
+    x_smyrf = generate(G, z, 3, "cpu")
+    from biggan.training.generator_io import apply_attention
+
+    apply_attention(G, attention_overrides(cfg, "dense"))
+    x_dense = generate(G, z, 3, "cpu")
+    assert torch.isfinite(x_dense).all() and not torch.allclose(x_dense, x_smyrf)
+    # One hash round and one cluster holding every query and key is exactly dense attention.
+    apply_attention(G, attention_overrides(cfg, "smyrf", n_hashes=1, q_cluster_size=1024, k_cluster_size=256))
+    x_one_cluster = generate(G, z, 3, "cpu")
+    assert torch.allclose(x_one_cluster, x_dense, atol=1e-5)
+
+
+def test_attention_override_errors(smyrf_checkpoint):
+    from biggan.errors import ConfigError
+
+    _, cfg, _ = load_generator(smyrf_checkpoint)
+    with pytest.raises(ConfigError, match="act only with --attention smyrf"):
+        attention_overrides(cfg, "dense", n_hashes=2)
+
+
+def test_interpolation_latents():
+    z = torch.randn(3, 4)
+    path = interpolation_latents(z, 5)
+    assert path.shape == (10, 4)
+    assert torch.equal(path[0], z[0]) and torch.allclose(path[4], z[1]) and torch.allclose(path[9], z[2])
+
+
+def _sample_main(monkeypatch, *args: str) -> int:
+    """Run sample.py's main in-process (the CLI wrapper, exit status included) with ``args``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sample_cli", ROOT / "sample.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["sample.py", *args])
+    from biggan.errors import cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(module.main)
+    return info.value.code
+
+
+def test_cli_grid_outdir_and_dense(smyrf_checkpoint, tmp_path, monkeypatch, capsys):
+    ckpt = str(smyrf_checkpoint)
+    assert _sample_main(monkeypatch, ckpt, "--seeds", "0-3", "--grid", str(tmp_path / "grid.png"),
+                        "--outdir", str(tmp_path / "b1"), "--batch-size", "1") == 0
+    assert Image.open(tmp_path / "grid.png").size == (2 + 2 * 34, 2 + 2 * 34)  # 2x2 grid of 32 px, 2 px padding
+    assert sorted(p.name for p in (tmp_path / "b1").iterdir()) == [f"seed000{i}.png" for i in range(4)]
+    assert _sample_main(monkeypatch, ckpt, "--seeds", "3", "--outdir", str(tmp_path / "b3")) == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b1" / "seed0003.png")),
+                          np.asarray(Image.open(tmp_path / "b3" / "seed0003.png")))
+    assert _sample_main(monkeypatch, ckpt, "--seeds", "0,2", "--interpolate", "--steps", "3", "--attention", "dense",
+                        "--grid", str(tmp_path / "lerp.png")) == 0
+    assert Image.open(tmp_path / "lerp.png").size == (2 + 3 * 34, 2 + 34)  # one path of 3 frames
+    capsys.readouterr()
+    assert _sample_main(monkeypatch, str(tmp_path / "missing.pt"), "--grid", str(tmp_path / "x.png")) == 2
+    assert capsys.readouterr().err.startswith("error: no checkpoint at")
+
+
+@pytest.mark.slow
+def test_cli_subprocess(smyrf_checkpoint, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "sample.py", str(smyrf_checkpoint), "--seeds", "0-1", "--grid", str(tmp_path / "g.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 images from G_ema at step 7" in result.stdout and (tmp_path / "g.png").is_file()
