@@ -39,7 +39,7 @@ def ids(batch: torch.Tensor) -> list[int]:
     return ((batch[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
 
 
-# --- demo dataset --------------------------------------------------------------------------------------------------
+# --- demo dataset -----------------------------------------------------------------------------------------------------
 
 def test_synthetic_dataset_is_deterministic_and_reused(tmp_path, demo):
     out = ensure_synthetic_dataset(tmp_path, 32, 64, seed=0)
@@ -60,7 +60,7 @@ def test_synthetic_images_are_varied_faces_not_noise(demo):
     assert neighbours < 0.3 * (x - x.mean()).abs().mean()  # smooth shapes, unlike noise
 
 
-# --- prepared dataset --------------------------------------------------------------------------------------------------
+# --- prepared dataset -------------------------------------------------------------------------------------------------
 
 def test_prepared_dataset_batches_in_requested_order(demo):
     idx = np.array([5, 1, 5, 63])
@@ -89,7 +89,7 @@ def test_build_dataset_kinds(tmp_path, demo):
         DataConfig(synthetic_num_images=0).validate()
 
 
-# --- raw folder ------------------------------------------------------------------------------------------------------
+# --- raw folder -------------------------------------------------------------------------------------------------------
 
 def test_folder_dataset_box_resizes_and_orders_naturally(tmp_path):
     folder = tmp_path / "imgs"
@@ -121,7 +121,7 @@ def test_folder_dataset_errors(tmp_path):
         ds[1]
 
 
-# --- batch stream ---------------------------------------------------------------------------------------------------
+# --- batch stream -----------------------------------------------------------------------------------------------------
 
 def test_stream_batches_are_images_in_range(demo):
     x = next(BatchStream(demo, 8, seed=0))

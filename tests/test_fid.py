@@ -15,8 +15,18 @@ import pytest
 import torch
 
 from biggan.errors import WeightsError
-from biggan.fid import (FeatureStats, FIDConfig, default_weights_path, fid_of_generator, frechet_distance,
-                        load_extractor, load_stats, metric_name, quantize_uint8, save_stats)
+from biggan.fid import (
+    FeatureStats,
+    FIDConfig,
+    default_weights_path,
+    fid_of_generator,
+    frechet_distance,
+    load_extractor,
+    load_stats,
+    metric_name,
+    quantize_uint8,
+    save_stats,
+)
 from biggan.fid.install import _skeleton
 from biggan.fid.stats import RefStats
 
@@ -52,7 +62,7 @@ def _faces(folder: Path, seed: int, count: int, res: int = 32) -> Path:
     return folder
 
 
-# --- formula and statistics ------------------------------------------------------------------------------------------
+# --- formula and statistics -------------------------------------------------------------------------------------------
 
 def test_frechet_distance_closed_form_two_gaussians():
     """Diagonal covariances: ‖μ₁−μ₂‖² + Σ(a + b − 2√(ab))."""
@@ -136,7 +146,7 @@ def test_fid_of_generator_with_stand_in_extractor_and_reduce():
     assert same < 10 and far > 5000 and doubled < 10  # mean-colour variance ~200 per channel; shift 50 -> 7500
 
 
-# --- weights -----------------------------------------------------------------------------------------------------------
+# --- weights ----------------------------------------------------------------------------------------------------------
 
 def test_missing_weights_is_one_clear_error(tmp_path):
     with pytest.raises(WeightsError, match="install-weights"):
@@ -180,7 +190,7 @@ def test_extractor_stays_in_eval_mode(random_weights):
         extractor(x.float())
 
 
-# --- real network ------------------------------------------------------------------------------------------------------
+# --- real network -----------------------------------------------------------------------------------------------------
 
 def test_fid_matches_pytorch_fid_small_dims(tmp_path):
     """Our folder FID == pytorch-fid's (same weights through the hub cache), 64 dims, in-process."""

@@ -136,9 +136,8 @@ def test_count_and_size_checks(tmp_path):
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    from data.prepare_celebahq import main
-
     from biggan.errors import cli_main
+    from data.prepare_celebahq import main
 
     src = _bad_source(tmp_path)
     monkeypatch.setattr(sys, "argv", ["prepare", str(src), str(tmp_path / "out"), "--resolution", "32",

@@ -28,8 +28,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from biggan.data.folder import (IMAGE_EXTENSIONS, RESAMPLE_FILTERS, decode_rgb, list_image_files, natural_key,
-                                resize_square, to_chw)
+from biggan.data.folder import (
+    IMAGE_EXTENSIONS,
+    RESAMPLE_FILTERS,
+    decode_rgb,
+    list_image_files,
+    natural_key,
+    resize_square,
+    to_chw,
+)
 from biggan.data.prepared import PreparedDataset, PreparedWriter, read_manifest, stats_filename
 from biggan.errors import DataError, UserError
 from biggan.fid import FIDExtractor, ensure_reference_stats, load_extractor, load_stats, save_stats, stats_of_batches
@@ -178,7 +185,8 @@ def _decode_all(reader: _Reader, names: list[str], writers: dict[int, PreparedWr
 
 
 def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
-                    skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT, fid_dims: Sequence[int] = (2048,),
+                    skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT,
+                    fid_dims: Sequence[int] = (2048,),
                     weights_path: str | None = None, batch_size: int = 50, workers: int = 1,
                     device: str = "cpu") -> PrepareReport:
     """Prepare ``src`` into ``out/<res>/`` for every resolution, with FID statistics at each of ``fid_dims``.

