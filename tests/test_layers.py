@@ -76,7 +76,8 @@ def test_smyrf_with_one_cluster_equals_dense() -> None:
     dense = _attention(16, res).eval()
     with torch.no_grad():
         dense.gamma.fill_(0.7)
-    smyrf = _attention(16, res, kind="smyrf", n_hashes=1, q_cluster_size=res * res, k_cluster_size=res * res // 4).eval()
+    one_cluster = dict(kind="smyrf", n_hashes=1, q_cluster_size=res * res, k_cluster_size=res * res // 4)
+    smyrf = _attention(16, res, **one_cluster).eval()
     smyrf.load_state_dict(dense.state_dict(), strict=True)
     x = torch.randn(2, 16, res, res)
     torch.testing.assert_close(smyrf(x), dense(x), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Per-resolution BigGAN architecture tables (Brock et al. 2019, appendix B; ajbrock/BigGAN-PyTorch ``G_arch``/``D_arch``).
+"""Per-resolution BigGAN architecture tables (Brock et al. 2019, appendix B; BigGAN-PyTorch ``G_arch``/``D_arch``).
 
 Widths are multiples of the base width ``ch``. Every G block upsamples 2x from a 4x4 stem; D blocks downsample 2x except
 the last (or last two at 32), which keep 4x4 (8x8 at 32). The resolution a block *outputs* is what attention placement

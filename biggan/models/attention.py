@@ -40,8 +40,8 @@ def check_attention_spec(spec: AttentionConfig, channels: int, where: str) -> No
     spec.validate(where)
     if channels % 8:
         raise ConfigError(
-            f"{where} (res {spec.res}): {channels} channels there; SAGAN attention needs a multiple of 8 (C/8 keys, C/2 "
-            f"values); raise ch"
+            f"{where} (res {spec.res}): {channels} channels there; SAGAN attention needs a multiple of 8 "
+            f"(C/8 keys, C/2 values); raise ch"
         )
     if spec.kind != "smyrf":
         return
@@ -50,11 +50,13 @@ def check_attention_spec(spec: AttentionConfig, channels: int, where: str) -> No
     if num_q % cq:
         raise ConfigError(f"{where} (res {spec.res}): q_cluster_size {cq} does not divide the {num_q} queries")
     if num_k % ck:
-        raise ConfigError(f"{where} (res {spec.res}): k_cluster_size {ck} does not divide the {num_k} (2x2-pooled) keys")
+        raise ConfigError(
+            f"{where} (res {spec.res}): k_cluster_size {ck} does not divide the {num_k} (2x2-pooled) keys"
+        )
     if num_q // cq != num_k // ck:
         raise ConfigError(
-            f"{where} (res {spec.res}): {num_q}/{cq} = {num_q // cq} query clusters but {num_k}/{ck} = {num_k // ck} key "
-            f"clusters; use k_cluster_size = q_cluster_size/4 = {cq // 4}"
+            f"{where} (res {spec.res}): {num_q}/{cq} = {num_q // cq} query clusters but {num_k}/{ck} = "
+            f"{num_k // ck} key clusters; use k_cluster_size = q_cluster_size/4 = {cq // 4}"
         )
 
 
@@ -160,7 +162,8 @@ def build_attention_layers(
         where = f"model.{network}.attention[{i}]"
         if spec.res not in out_resolutions:
             raise ConfigError(
-                f"{where}: no {network}-{cfg.resolution} block outputs res {spec.res}; valid attention resolutions are {valid}"
+                f"{where}: no {network}-{cfg.resolution} block outputs res {spec.res}; "
+                f"valid attention resolutions are {valid}"
             )
         index = out_resolutions.index(spec.res)
         layers[str(spec.res)] = SelfAttention2d(

@@ -27,7 +27,13 @@ class GBlock(nn.Module):
     """Up-block of the generator: (B, in, h, w), c -> (B, out, 2h, 2w)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, make_encoder: EncoderFactory, bn_eps: float, sn_iters: int, sn_eps: float
+        self,
+        in_channels: int,
+        out_channels: int,
+        make_encoder: EncoderFactory,
+        bn_eps: float,
+        sn_iters: int,
+        sn_eps: float,
     ) -> None:
         super().__init__()
         sn = dict(sn_iters=sn_iters, sn_eps=sn_eps)

@@ -34,7 +34,9 @@ class AttentionConfig:
             raise ConfigError(f"{where}: res must be >= 2, got {self.res}")
         given = [key for key in _SMYRF_KEYS if getattr(self, key) is not None]
         if self.kind == "dense" and given:
-            raise ConfigError(f"{where} (res {self.res}) is dense: {', '.join(given)} act only with kind: smyrf; remove them")
+            raise ConfigError(
+                f"{where} (res {self.res}) is dense: {', '.join(given)} act only with kind: smyrf; remove them"
+            )
         if self.kind == "smyrf":
             missing = [key for key in _SMYRF_KEYS if getattr(self, key) is None]
             if missing:
@@ -64,13 +66,20 @@ class NetworkConfig:
 
 @dataclass
 class ModelConfig:
-    """Generator and discriminator hyper-parameters (BigGAN paper defaults, SN eps of the launch scripts)."""
+    """Generator and discriminator hyper-parameters (BigGAN paper defaults, SN eps of the launch scripts).
+
+    ``conditioning``:
+    - ``zhier`` (CelebA-HQ default): hierarchical z, each block's cBN driven by its z chunk; no labels, no embedding,
+      no projection term in D, so no dead parameters.
+    - ``smyrf_repro``: the SMYRF CelebA-HQ run: one class, no hierarchy (z enters only at the stem), cBN through a
+      one-row embedding, and a one-row projection term in D.
+    - ``class``: BigGAN ImageNet: ``n_classes`` labels, G's shared embedding (``shared_dim``) concatenated with the
+      z chunks, and a projection discriminator.
+    """
 
     resolution: int = 128  # image size: 32, 64, 128 or 256
     dim_z: int = 120  # latent size; zhier/class split it into (G blocks + 1) equal chunks: 120 at 128, 140 at 256
-    conditioning: Literal["zhier", "smyrf_repro", "class"] = "zhier"  # zhier: z chunks drive every cBN, no labels;
-    # smyrf_repro: one class, no hierarchy, no shared embedding (the SMYRF CelebA-HQ run); class: labels, shared
-    # embedding, hierarchical z and a projection discriminator (BigGAN ImageNet)
+    conditioning: Literal["zhier", "smyrf_repro", "class"] = "zhier"  # what drives cBN (see the class docstring)
     n_classes: Optional[int] = None  # class only: number of classes
     shared_dim: Optional[int] = None  # class only: width of G's shared class embedding (paper: 128)
     G: NetworkConfig = field(default_factory=NetworkConfig)  # generator width and attention
@@ -92,7 +101,9 @@ class ModelConfig:
     def validate(self) -> None:
         """Checks that need only this config; placement vs block outputs is checked by the builders."""
         if self.resolution not in SUPPORTED_RESOLUTIONS:
-            raise ConfigError(f"model.resolution {self.resolution} is not supported; use one of {list(SUPPORTED_RESOLUTIONS)}")
+            raise ConfigError(
+                f"model.resolution {self.resolution} is not supported; use one of {list(SUPPORTED_RESOLUTIONS)}"
+            )
         if self.dim_z < 1:
             raise ConfigError(f"model.dim_z must be >= 1, got {self.dim_z}")
         if self.hierarchical and self.dim_z % self.num_z_chunks():
@@ -100,18 +111,24 @@ class ModelConfig:
             fix = chunks * max(1, round(self.dim_z / chunks))
             raise ConfigError(
                 f"model.dim_z {self.dim_z} does not split into {chunks} equal chunks (G-{self.resolution} has "
-                f"{chunks - 1} blocks + stem) for conditioning {self.conditioning}; use a multiple of {chunks}, e.g. {fix}"
+                f"{chunks - 1} blocks + stem) for conditioning {self.conditioning}; use a multiple of {chunks}, "
+                f"e.g. {fix}"
             )
         if self.conditioning == "class":
             if self.n_classes is None or self.shared_dim is None:
-                raise ConfigError("conditioning 'class' needs model.n_classes and model.shared_dim (paper: 1000 and 128)")
+                raise ConfigError(
+                    "conditioning 'class' needs model.n_classes and model.shared_dim (paper: 1000 and 128)"
+                )
             if self.n_classes < 1 or self.shared_dim < 1:
-                raise ConfigError(f"model.n_classes ({self.n_classes}) and model.shared_dim ({self.shared_dim}) must be >= 1")
+                raise ConfigError(
+                    f"model.n_classes ({self.n_classes}) and model.shared_dim ({self.shared_dim}) must be >= 1"
+                )
         else:
             extra = [key for key in ("n_classes", "shared_dim") if getattr(self, key) is not None]
             if extra:
                 raise ConfigError(
-                    f"model.{' and model.'.join(extra)} act only with conditioning: class (got {self.conditioning}); remove them"
+                    f"model.{' and model.'.join(extra)} act only with conditioning: class "
+                    f"(got {self.conditioning}); remove them"
                 )
         if self.sn_iters < 1:
             raise ConfigError(f"model.sn_iters must be >= 1, got {self.sn_iters}")
