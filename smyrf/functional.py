@@ -1,6 +1,6 @@
 """SMYRF attention (Daras, Kitaev, Odena, Dimakis, NeurIPS 2020, arXiv 2010.05315) as pure functions.
 
-Steps, in order: ``asymmetric_transform`` (XBOX+ lift) -> ``hash_rounds`` (one random projection per round) ->
+Steps, in order: ``asymmetric_transform`` (XBOX+ lift) -> ``hash_rounds`` (random projections per round) ->
 ``balanced_clusters`` (sort, chunk into nc clusters of cq queries and ck keys) -> ``attend_in_clusters`` (softmax
 attention inside each cluster) -> ``unsort`` (scatter back to original order) -> ``combine_rounds`` (softmax over the
 per-round logsumexp). The result is softmax attention over the multiset union of the keys each query met.

@@ -1,9 +1,10 @@
-"""Memory-lean SMYRF attention: one round at a time forward, recomputation in backward.
+"""Memory-lean SMYRF attention: rounds in memory-bounded chunks forward, recomputation in backward.
 
-Forward, per round t: gather the round's sorted q, k, v; attend inside the nc clusters (a fused SDPA kernel or
-matmul + softmax); scatter the round output and its logsumexp straight into original query order; merge into a running
-(out, L) with the online logsumexp update. Only q, k, v, the permutations, the final output and the final logsumexp
-L (B, Nq) are saved; no (H, B, Nq, dv) tensor and no score tensor outlives its round.
+Forward, per chunk of rounds (one round when a round's tensors are large, all rounds for small shapes, see
+``_CHUNK_BYTES``): gather the rounds' sorted q, k, v; attend inside the nc clusters (a fused SDPA kernel or matmul +
+softmax); scatter the outputs and their logsumexp straight into original query order; merge into a running (out, L)
+with the online logsumexp update. Only q, k, v, the permutations, the final output and the final logsumexp L (B, Nq)
+are saved; no (H, B, Nq, dv) tensor and no score tensor outlives its chunk.
 
 Backward. SMYRF is softmax attention over the multiset union of the keys a query met: with pi_tij = exp(S_tij - L_i)
 (S_tij = s q_i . k_j for key j in query i's round-t cluster; sum_tj pi_tij = 1), out_i = sum_tj pi_tij v_j. So, exactly
@@ -14,7 +15,7 @@ as in flash-attention backward but with the *final* L in place of a per-round lo
 
 The round-merge weights need no separate term: w_t = exp(l_t - L) is already folded into pi. Each round's contribution
 is therefore one standard attention backward on its clusters, called with (out, L) gathered into that round's order,
-and its gradients are scatter-added back to original order (each index exactly once per round).
+and its gradients are scattered back to original order and summed over rounds.
 
 Shape legend: B rows; Nq, Nk; d, dv; H rounds; nc clusters; cq, ck cluster sizes; ``s_`` prefix = sorted order of a round.
 """
@@ -122,6 +123,26 @@ def resolve_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, k_c
     return kernel
 
 
+# Rounds are processed in chunks whose transient tensors stay under this budget (at least one round per chunk):
+# chunking bounds memory like one-round-at-a-time, while small shapes run all rounds in one batch of kernel calls.
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _round_chunks(n_hashes: int, b: int, nq: int, nk: int, ck: int, ed: int, ev: int, kernel: str, itemsize: int):
+    """Split the H rounds into consecutive chunks [(t0, t1), ...] within the transient-memory budget."""
+    gathered = nq * (ed + 3 * ev) + nk * 2 * (ed + ev)  # q, dout, out, unsorted out; k, v and their gradients
+    scores = 3 * nq * ck if kernel == "math" else 0  # math materialises scores, probabilities, their gradient
+    per_round = b * itemsize * (gathered + scores)
+    size = max(1, min(n_hashes, _CHUNK_BYTES // max(per_round, 1)))
+    return [(t, min(t + size, n_hashes)) for t in range(0, n_hashes, size)]
+
+
+def _unsort_rows(x: Tensor, dest: Tensor, rows: int) -> Tensor:
+    """x (hc*B*N, e) in sorted order -> (hc, B*N, e) in original order, by one index_copy_ (a scatter)."""
+    out = torch.empty(dest.numel(), x.shape[-1], dtype=x.dtype, device=x.device)
+    return out.index_copy_(0, dest, x).view(-1, rows, x.shape[-1])  # (hc, B*N, e)
+
+
 class _SmyrfFunction(torch.autograd.Function):
     """q, k, v (B, N, .) and fixed permutations (H, B, N) -> out (B, Nq, dv). Permutations get no gradient."""
 
@@ -137,24 +158,25 @@ class _SmyrfFunction(torch.autograd.Function):
         v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         acc = lse_run = None
-        for t in range(n_hashes):
-            s_q = q_flat.index_select(0, idx_q[t]).view(b, nc, cq, ed)  # (B, nc, cq, ed)
-            s_k = k_flat.index_select(0, idx_k[t]).view(b, nc, ck, ed)  # (B, nc, ck, ed)
-            s_v = v_flat.index_select(0, idx_k[t]).view(b, nc, ck, ev)  # (B, nc, ck, ev)
-            s_out, s_lse = _FORWARD[kernel](s_q, s_k, s_v, scale)  # (B, nc, cq, ev), (B, nc, cq)
+        for t0, t1 in _round_chunks(n_hashes, b, nq, nk, ck, ed, ev, kernel, q.element_size()):
+            hc = t1 - t0
+            iq, ik = idx_q[t0:t1], idx_k[t0:t1]  # (hc, B*Nq), (hc, B*Nk)
+            s_q = q_flat.index_select(0, iq.reshape(-1)).view(hc * b, nc, cq, ed)  # (hc*B, nc, cq, ed)
+            s_k = k_flat.index_select(0, ik.reshape(-1)).view(hc * b, nc, ck, ed)  # (hc*B, nc, ck, ed)
+            s_v = v_flat.index_select(0, ik.reshape(-1)).view(hc * b, nc, ck, ev)  # (hc*B, nc, ck, ev)
+            s_out, s_lse = _FORWARD[kernel](s_q, s_k, s_v, scale)  # (hc*B, nc, cq, ev), (hc*B, nc, cq)
             del s_q, s_k, s_v
-            # Unsort by one index_copy_ (a scatter) straight into original order: (B*Nq, ev) and (B*Nq, 1).
-            out_t = torch.empty(b * nq, ev, dtype=acc_dtype, device=q.device)
-            out_t.index_copy_(0, idx_q[t], s_out.reshape(b * nq, ev).to(acc_dtype))
-            lse_t = torch.empty(b * nq, 1, dtype=acc_dtype, device=q.device)
-            lse_t.index_copy_(0, idx_q[t], s_lse.reshape(b * nq, 1).to(acc_dtype))
+            dest = (iq + torch.arange(hc, device=iq.device).unsqueeze(-1) * (b * nq)).reshape(-1)  # (hc*B*Nq,)
+            out_c = _unsort_rows(s_out.reshape(-1, ev).to(acc_dtype), dest, b * nq)  # (hc, B*Nq, ev)
+            lse_c = _unsort_rows(s_lse.reshape(-1, 1).to(acc_dtype), dest, b * nq)  # (hc, B*Nq, 1)
             del s_out, s_lse
-            if acc is None:  # start from round 0, not from -inf (which invites NaN)
-                acc, lse_run = out_t, lse_t
-                continue
-            lse_new = torch.logaddexp(lse_run, lse_t)  # (B*Nq, 1)
-            acc.mul_(torch.exp(lse_run - lse_new)).add_(out_t.mul_(torch.exp(lse_t - lse_new)))
+            # Merge the chunk's rounds (softmax over their logsumexp), then into the running result online.
+            lse_new = torch.logsumexp(lse_c, dim=0) if lse_run is None else torch.logsumexp(
+                torch.cat([lse_c, lse_run.unsqueeze(0)]), dim=0)  # (B*Nq, 1)
+            merged = (out_c * torch.exp(lse_c - lse_new)).sum(0)  # (B*Nq, ev)
+            acc = merged if acc is None else merged.add_(acc.mul_(torch.exp(lse_run - lse_new)))
             lse_run = lse_new
+            del out_c, lse_c
         out = acc[:, :dv].to(q.dtype).reshape(b, nq, dv).contiguous()  # (B, Nq, dv)
         ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse_run)
         ctx.nc, ctx.scale, ctx.kernel = nc, scale, kernel
@@ -179,20 +201,24 @@ class _SmyrfFunction(torch.autograd.Function):
         d_q = torch.zeros(b * nq, ed, dtype=grad_dtype, device=q.device)  # (B*Nq, ed)
         d_k = torch.zeros(b * nk, ed, dtype=grad_dtype, device=q.device)  # (B*Nk, ed)
         d_v = torch.zeros(b * nk, ev, dtype=grad_dtype, device=q.device)  # (B*Nk, ev)
-        for t in range(n_hashes):
-            iq, ik = idx_q[t], idx_k[t]  # (B*Nq,), (B*Nk,)
-            s_q = q_flat.index_select(0, iq).view(b, nc, cq, ed)  # (B, nc, cq, ed)
-            s_k = k_flat.index_select(0, ik).view(b, nc, ck, ed)  # (B, nc, ck, ed)
-            s_v = v_flat.index_select(0, ik).view(b, nc, ck, ev)  # (B, nc, ck, ev)
-            s_dout = dout_flat.index_select(0, iq).view(b, nc, cq, ev)  # (B, nc, cq, ev)
-            s_out = out_flat.index_select(0, iq).view(b, nc, cq, ev)  # (B, nc, cq, ev)
-            s_lse = lse.index_select(0, iq).view(b, nc, cq)  # (B, nc, cq), the final L in this round's order
+        for t0, t1 in _round_chunks(n_hashes, b, nq, nk, ck, ed, ev, kernel, q.element_size()):
+            hc = t1 - t0
+            iq, ik = idx_q[t0:t1].reshape(-1), idx_k[t0:t1].reshape(-1)  # (hc*B*Nq,), (hc*B*Nk,)
+            s_q = q_flat.index_select(0, iq).view(hc * b, nc, cq, ed)  # (hc*B, nc, cq, ed)
+            s_k = k_flat.index_select(0, ik).view(hc * b, nc, ck, ed)  # (hc*B, nc, ck, ed)
+            s_v = v_flat.index_select(0, ik).view(hc * b, nc, ck, ev)  # (hc*B, nc, ck, ev)
+            s_dout = dout_flat.index_select(0, iq).view(hc * b, nc, cq, ev)  # (hc*B, nc, cq, ev)
+            s_out = out_flat.index_select(0, iq).view(hc * b, nc, cq, ev)  # (hc*B, nc, cq, ev)
+            s_lse = lse.index_select(0, iq).view(hc * b, nc, cq)  # (hc*B, nc, cq), the final L in round order
             s_dq, s_dk, s_dv = _BACKWARD[kernel](s_dout, s_q, s_k, s_v, s_out, s_lse, scale)
             del s_q, s_k, s_v, s_dout, s_out, s_lse
-            # Each index occurs once per round, so these adds are deterministic on every backend.
-            d_q.index_add_(0, iq, s_dq.reshape(b * nq, ed).to(grad_dtype))
-            d_k.index_add_(0, ik, s_dk.reshape(b * nk, ed).to(grad_dtype))
-            d_v.index_add_(0, ik, s_dv.reshape(b * nk, ev).to(grad_dtype))
+            # Unsort each round with unique indices, then sum over the chunk's rounds: deterministic on every backend.
+            rounds = torch.arange(hc, device=iq.device).unsqueeze(-1)  # (hc, 1)
+            dest_q = (idx_q[t0:t1] + rounds * (b * nq)).reshape(-1)  # (hc*B*Nq,)
+            dest_k = (idx_k[t0:t1] + rounds * (b * nk)).reshape(-1)  # (hc*B*Nk,)
+            d_q += _unsort_rows(s_dq.reshape(-1, ed).to(grad_dtype), dest_q, b * nq).sum(0)  # (B*Nq, ed)
+            d_k += _unsort_rows(s_dk.reshape(-1, ed).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ed)
+            d_v += _unsort_rows(s_dv.reshape(-1, ev).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ev)
         d_q = d_q[:, :d].reshape(b, nq, d).to(q.dtype)  # (B, Nq, d)
         d_k = d_k[:, :d].reshape(b, nk, d).to(k.dtype)  # (B, Nk, d)
         d_v = d_v[:, :dv].reshape(b, nk, dv).to(v.dtype)  # (B, Nk, dv)

@@ -287,3 +287,22 @@ def test_kdtree_clusters_are_balanced_tree_leaves():
     with pytest.raises(ValueError, match=r"\(d\+2, n_hashes, kdtree_levels\(nc\)\) = \(8, 2, 2\)"):
         smyrf_attention(q, k, torch.randn(3, 16, 2, dtype=q.dtype), n_hashes=2, q_cluster_size=16, k_cluster_size=4,
                         hashing="kdtree", projections=draw_projections(6, 2))
+
+
+@pytest.mark.parametrize("chunks", [[(0, 1), (1, 2), (2, 3)], [(0, 2), (2, 3)]])
+def test_round_chunks_do_not_change_results(monkeypatch, chunks):
+    import smyrf.fused
+
+    q, k, v = _qkv(b=(2,), nq=32, nk=16)
+    kw = dict(n_hashes=3, q_cluster_size=8, k_cluster_size=4, scale=0.7, generator=None)
+    proj = draw_projections(6, 3, torch.Generator().manual_seed(9))
+    whole = smyrf_attention(q, k, v, projections=proj, **kw)
+    whole_grads = _grads(whole, (q, k, v))
+    assert smyrf.fused._round_chunks(3, 2, 32, 16, 4, 6, 5, "math", 8) == [(0, 3)]  # tiny shapes: one chunk
+    # G128@128 with 8 images: a round alone exceeds the budget, so rounds go one at a time.
+    assert smyrf.fused._round_chunks(4, 8, 16384, 4096, 512, 12, 48, "math", 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    monkeypatch.setattr(smyrf.fused, "_round_chunks", lambda *args: chunks)
+    chunked = smyrf_attention(q, k, v, projections=proj, **kw)
+    torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+    for g, g_ref in zip(_grads(chunked, (q, k, v)), whole_grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
