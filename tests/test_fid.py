@@ -190,6 +190,26 @@ def test_extractor_stays_in_eval_mode(random_weights):
         extractor(x.float())
 
 
+def test_cli_stats_file_and_folder_agree(tmp_path, random_weights, monkeypatch, capsys):
+    """`stats SRC OUT.npz`, then FID(npz, folder) == FID(folder, folder); FID(npz, npz) == 0; dims from the file."""
+    from biggan.fid.__main__ import main
+
+    a, b = _faces(tmp_path / "a", 1, 8, res=16), _faces(tmp_path / "b", 2, 8, res=16)
+
+    def cli(*args: str) -> str:
+        monkeypatch.setattr(sys, "argv", ["fid", *args])
+        assert main() == 0
+        return capsys.readouterr().out.strip().splitlines()[-1]
+
+    weights = ("--weights", str(random_weights))
+    cli("stats", str(a), str(tmp_path / "a.npz"), "--dims", "64", *weights)
+    assert load_stats(tmp_path / "a.npz").n == 8
+    folders = float(cli(str(a), str(b), "--dims", "64", *weights).split()[-1])
+    mixed = float(cli(str(tmp_path / "a.npz"), str(b), *weights).split()[-1])  # dims taken from the file
+    assert mixed == pytest.approx(folders, rel=1e-6) and folders > 0
+    assert abs(float(cli(str(tmp_path / "a.npz"), str(tmp_path / "a.npz")).split()[-1])) < 1e-4
+
+
 # --- real network -----------------------------------------------------------------------------------------------------
 
 def test_fid_matches_pytorch_fid_small_dims(tmp_path):

@@ -43,8 +43,9 @@ def _folder_stats(path: Path, extractor: FIDExtractor, batch_size: int) -> Featu
     return stats_of_batches(_folder_batches(files, batch_size), extractor, total=len(files), desc=str(path))
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dims", type=int, default=2048, choices=ALLOWED_DIMS, help="Inception feature depth")
+def _common(parser: argparse.ArgumentParser, dims_default: int | None = 2048) -> None:
+    parser.add_argument("--dims", type=int, default=dims_default, choices=ALLOWED_DIMS,
+                        help="Inception feature depth (default 2048, or that of a statistics file given)")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
     parser.add_argument("--weights", default=None, help="weights file (default: torch hub cache file)")
     parser.add_argument("--device", default="cpu", help="e.g. cpu, cuda")
@@ -55,13 +56,15 @@ def _fid(argv: list[str]) -> int:
                                      "statistics files (subcommands: stats, install-weights)")
     parser.add_argument("a", type=Path, help="image folder or .npz statistics")
     parser.add_argument("b", type=Path, help="image folder or .npz statistics")
-    _common(parser)
+    _common(parser, dims_default=None)
     args = parser.parse_args(argv)
+    refs = {path: load_stats(path) for path in (args.a, args.b) if path.suffix == ".npz"}
+    args.dims = args.dims or next((ref.mu.shape[0] for ref in refs.values()), 2048)
     extractor: FIDExtractor | None = None
     moments = []
     for path in (args.a, args.b):
-        if path.suffix == ".npz":
-            ref = load_stats(path)
+        if path in refs:
+            ref = refs[path]
             if ref.mu.shape[0] != args.dims:
                 raise DataError(f"{path} holds {ref.mu.shape[0]}-dim statistics; pass --dims {ref.mu.shape[0]}")
             moments.append((ref.mu, ref.sigma))
