@@ -25,6 +25,7 @@ import os
 import resource
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ContextManager, Literal
 
 import torch
@@ -33,6 +34,8 @@ import torch.nn as nn
 from biggan.errors import ConfigError
 
 __all__ = ["RuntimeConfig", "Runtime", "CrossReplicaBatchNorm", "convert_cross_replica_bn"]
+
+_PROC_STATUS = Path("/proc/self/status")
 
 
 @dataclass
@@ -336,7 +339,7 @@ class Runtime:
             xm.wait_device_ops()
 
     def peak_memory_bytes(self) -> int:
-        """Peak device memory since the last reset (CUDA), else the process's peak resident set size."""
+        """Peak memory since the last :meth:`reset_peak_memory`: CUDA allocations, else the process's peak RSS."""
         if self.kind == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
         if self.kind == "xla":
@@ -348,13 +351,20 @@ class Runtime:
                 info = {}
             if "peak_bytes_used" in info:
                 return int(info["peak_bytes_used"])
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+        if _PROC_STATUS.exists():  # Linux: VmHWM, resettable through clear_refs
+            for line in _PROC_STATUS.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB elsewhere
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
     def reset_peak_memory(self) -> None:
-        """Start a new CUDA peak; the CPU peak RSS cannot be reset (measure each config in its own process)."""
+        """Start a new peak: CUDA statistics, or (Linux) the peak RSS set back to the current RSS."""
         if self.kind == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif _PROC_STATUS.exists():
+            with contextlib.suppress(OSError):
+                Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM (Linux >= 4.0)
 
     def print0(self, *args: Any, **kwargs: Any) -> None:
         """print() on the main process only, flushed."""

@@ -30,8 +30,13 @@ def test_cpu_single_process(rt: Runtime) -> None:
     assert rt.wrap_model(model) is model and rt.unwrap(model) is model
     x = torch.randn(4, 3)
     assert torch.equal(rt.shard_batch(x), x)
-    rt.mark_step(), rt.synchronize(), rt.barrier(), rt.reset_peak_memory()
+    rt.mark_step(), rt.synchronize(), rt.barrier()
     assert rt.peak_memory_bytes() > 10 * 2**20  # peak RSS of a process that imported torch
+    rt.reset_peak_memory()
+    before = rt.peak_memory_bytes()
+    big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert rt.peak_memory_bytes() >= before + 32 * 2**20
+    del big
     rt.shutdown()
 
 

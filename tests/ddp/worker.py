@@ -1,0 +1,75 @@
+"""torchrun worker for tests/test_ddp.py: a few BigGAN D/G steps on a fixed global batch split across the ranks.
+
+Every step draws one global batch of reals and latents from a fixed seed, and rank r trains on rows
+[r·B, (r+1)·B). So one process with batch 2B sees exactly what two processes with batch B see together, and with
+cross-replica BN the two runs are the same computation. Rank 0 writes the per-step losses (reduced over ranks) to
+``OUT/losses.json``; every rank writes its final G and D state to ``OUT/rank<r>.pt``.
+
+Shape legend: B batch (per process), C channels, h×w spatial size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from biggan.models import AttentionConfig, ModelConfig, NetworkConfig, build_discriminator, build_generator
+from biggan.runtime import Runtime, RuntimeConfig
+from biggan.training.losses import hinge_d, hinge_g
+from biggan.training.steps import d_step, g_step
+
+RES, DIM_Z = 32, 64
+
+
+def model_config() -> ModelConfig:
+    """Demo-sized BigGAN-32: SMYRF in G (one cluster per round, so it is exact and batch-split independent)."""
+    smyrf = AttentionConfig(res=32, kind="smyrf", n_hashes=2, q_cluster_size=1024, k_cluster_size=256)
+    return ModelConfig(
+        resolution=RES,
+        dim_z=DIM_Z,
+        G=NetworkConfig(ch=8, attention=[smyrf]),
+        D=NetworkConfig(ch=8, attention=[AttentionConfig(res=16, kind="dense")]),
+    )
+
+
+def run(out: Path, batch: int, steps: int, sync_bn: bool) -> None:
+    """Train ``steps`` D+G steps with ``batch`` images per process; write losses (rank 0) and states (every rank)."""
+    rt = Runtime.setup(RuntimeConfig(kind="cpu", sync_bn=sync_bn))
+    torch.manual_seed(0)  # same initial weights everywhere (DDP would broadcast rank 0's anyway)
+    G = rt.wrap_model(build_generator(model_config()))
+    D = rt.wrap_model(build_discriminator(model_config()))
+    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+
+    data = torch.Generator().manual_seed(1234)  # the global batch stream, identical on every rank
+    mine = slice(rt.rank * batch, (rt.rank + 1) * batch)
+    global_batch = batch * rt.world_size
+    losses = []
+    for _ in range(steps):
+        x_real = torch.rand(global_batch, 3, RES, RES, generator=data) * 2 - 1  # (B_global, 3, h, w)
+        z_d = torch.randn(global_batch, DIM_Z, generator=data)
+        z_g = torch.randn(global_batch, DIM_Z, generator=data)
+        stats = d_step(G, D, opt_D, rt.shard_batch(x_real[mine]), rt.shard_batch(z_d[mine]), None, hinge_d,
+                       rt.optimizer_step, rt.autocast)
+        stats.update(g_step(G, rt.unwrap(D), opt_G, rt.shard_batch(z_g[mine]), None, hinge_g, rt.optimizer_step,
+                            rt.autocast))
+        losses.append(rt.reduce_mean({k: stats[k] for k in ("D_real", "D_fake", "G")}))
+
+    torch.save({"G": rt.unwrap(G).state_dict(), "D": rt.unwrap(D).state_dict(), "seed_offset": rt.seed_offset,
+                "num_data_shards": rt.num_data_shards}, out / f"rank{rt.rank}.pt")
+    if rt.is_main:
+        (out / "losses.json").write_text(json.dumps(losses))
+    rt.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--batch", type=int, required=True, help="images per process")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--sync-bn", action="store_true")
+    args = parser.parse_args()
+    run(args.out, args.batch, args.steps, args.sync_bn)

@@ -1,0 +1,91 @@
+"""DDP through torchrun on CPU (gloo): what two processes do together equals one process with their joint batch.
+
+The worker (tests/ddp/worker.py) runs the real BigGAN G/D and the trainer's d_step/g_step for a few steps on a fixed
+global batch that the ranks split. Checks: parameters are identical on every rank afterwards; with cross-replica BN,
+2 processes x B/2 give the losses and weights of 1 process x B; without it they do not (so the test has teeth).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests/ddp/worker.py is imported for the in-process one-process reference
+WORKER = ROOT / "tests" / "ddp" / "worker.py"
+B, STEPS = 8, 2  # global batch; D+G steps (the second step's losses see the first step's updates)
+
+pytestmark = pytest.mark.ddp
+
+
+def _torchrun(out: Path, sync_bn: bool) -> None:
+    """Two gloo processes, B/2 images each."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+           "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS)] + (["--sync-bn"] if sync_bn else [])
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _load(out: Path) -> tuple[list[dict[str, float]], list[dict]]:
+    losses = json.loads((out / "losses.json").read_text())
+    ranks = sorted(out.glob("rank*.pt"))
+    return losses, [torch.load(p, weights_only=True) for p in ranks]
+
+
+def _assert_states(a: dict, b: dict, exact: bool, buffers: bool = True) -> None:
+    for net in ("G", "D"):
+        for key, value in a[net].items():
+            if not buffers and key.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked"):
+                continue
+            if exact:
+                assert torch.equal(value, b[net][key]), f"{net}.{key} differs between ranks"
+            else:
+                # Adam moves a parameter by about lr per step even when its gradient is rounding noise (a conv bias in
+                # front of BN has a zero true gradient), so weights agree to a few lr, losses much more tightly.
+                torch.testing.assert_close(value, b[net][key], rtol=1e-3, atol=2e-3, msg=f"{net}.{key}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, float]], dict]:
+    """One process, the whole batch B (run in this process: no rank variables are set here)."""
+    from tests.ddp.worker import run
+
+    out = tmp_path_factory.mktemp("ref")
+    run(out, batch=B, steps=STEPS, sync_bn=False)
+    losses, states = _load(out)
+    return losses, states[0]
+
+
+def _assert_losses_close(got: list[dict[str, float]], want: list[dict[str, float]]) -> None:
+    for step, (g, w) in enumerate(zip(got, want)):
+        for key in w:
+            assert g[key] == pytest.approx(w[key], rel=1e-3, abs=1e-4), f"step {step} {key}: {g[key]} vs {w[key]}"
+
+
+def test_sync_bn_two_processes_equal_one_process(tmp_path: Path, reference) -> None:
+    _torchrun(tmp_path, sync_bn=True)
+    losses, (rank0, rank1) = _load(tmp_path)
+    assert (rank0["seed_offset"], rank1["seed_offset"], rank0["num_data_shards"]) == (0, 1, 2)
+    _assert_states(rank0, rank1, exact=True)  # weights and (global) BN statistics agree bit for bit
+    ref_losses, ref_state = reference
+    assert len(losses) == STEPS
+    _assert_losses_close(losses, ref_losses)
+    _assert_states(rank0, ref_state, exact=False)
+
+
+@pytest.mark.slow
+def test_without_sync_bn_ranks_agree_but_differ_from_one_process(tmp_path: Path, reference) -> None:
+    _torchrun(tmp_path, sync_bn=False)
+    losses, (rank0, rank1) = _load(tmp_path)
+    _assert_states(rank0, rank1, exact=True, buffers=False)  # DDP keeps weights identical; BN stats are per rank
+    ref_losses, _ = reference
+    with pytest.raises(AssertionError):
+        _assert_losses_close(losses, ref_losses)

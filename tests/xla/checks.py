@@ -1,0 +1,191 @@
+"""XLA checks, run by tests/test_xla.py with the torch-xla venv's python and ``PJRT_DEVICE=CPU``.
+
+    checks.py single --out DIR --cpu-ckpt FILE   # one XLA device (run with CPU_NUM_DEVICES=1)
+    checks.py spmd   --out DIR                   # SPMD data parallel (run with CPU_NUM_DEVICES=2)
+
+``single``: SMYRF attention on XLA against CPU (values, gradients, no recompilation for new values); a few BigGAN
+D+G steps with SMYRF in G on XLA against the same steps in CPU eager mode; compile and step times; a checkpoint
+written from XLA (for the test to load on CPU) and the CPU-written ``--cpu-ckpt`` loaded onto XLA. ``spmd``: the same
+training steps with the global batch sharded over the devices. Results go to ``DIR/<mode>.json`` (+ files).
+
+Shape legend: B batch, C channels, h×w spatial size; Nq, Nk queries/keys; d key dim; dv value dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from biggan.models import (
+    AttentionConfig,
+    ModelConfig,
+    NetworkConfig,
+    attention_rng_state,
+    build_discriminator,
+    build_generator,
+)
+from biggan.runtime import Runtime, RuntimeConfig
+from biggan.training.checkpoint import FORMAT_VERSION, load_checkpoint, load_state_strict, save_checkpoint
+from biggan.training.losses import hinge_d, hinge_g
+from biggan.training.steps import d_step, g_step
+from smyrf import smyrf_attention
+
+RES, DIM_Z, GLOBAL_BATCH = 32, 64, 4
+STEPS = 3  # steps 1 and 2 compile (Adam creates its state in step 1); step 3 is a steady-state step
+CKPT_KEYS = ("G", "D", "opt_G", "opt_D")
+
+
+def model_config() -> ModelConfig:
+    """Demo-sized BigGAN-32 with real SMYRF clustering in G: 1024 queries / 256 keys in 4 clusters, 2 rounds."""
+    smyrf = AttentionConfig(res=32, kind="smyrf", n_hashes=2, q_cluster_size=256, k_cluster_size=64)
+    return ModelConfig(resolution=RES, dim_z=DIM_Z, G=NetworkConfig(ch=8, attention=[smyrf]),
+                       D=NetworkConfig(ch=8, attention=[AttentionConfig(res=16, kind="dense")]))
+
+
+def num_compiles() -> int:
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data("CompileTime")
+    return 0 if data is None else int(data[0])
+
+
+def compile_seconds() -> float:
+    import torch_xla.debug.metrics as met
+
+    data = met.metric_data("CompileTime")
+    return 0.0 if data is None else data[1] / 1e9
+
+
+def check_smyrf(rt: Runtime) -> dict[str, Any]:
+    """smyrf_attention forward and backward on XLA equal CPU; new values with the same shapes do not recompile."""
+    def run(device: torch.device, seed: int) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(seed)
+        q, k = torch.randn(2, 256, 16, generator=g), torch.randn(2, 64, 16, generator=g)  # (B, Nq, d), (B, Nk, d)
+        v = torch.randn(2, 64, 8, generator=g)  # (B, Nk, dv)
+        q, k, v = (t.to(device).requires_grad_() for t in (q, k, v))
+        out = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=64, k_cluster_size=16, scale=1.0,
+                              generator=torch.Generator().manual_seed(seed))  # (B, Nq, dv)
+        (out * out).sum().backward()
+        rt.mark_step()
+        return tuple(t.detach().cpu() for t in (out, q.grad, k.grad, v.grad))
+
+    cpu = run(torch.device("cpu"), 0)
+    xla = run(rt.device, 0)
+    compiles = num_compiles()
+    xla_again = run(rt.device, 1)  # new values (and clusters), same shapes
+    cpu_again = run(torch.device("cpu"), 1)
+    return {
+        "max_abs_diff": max(float((a - b).abs().max()) for a, b in zip(cpu + cpu_again, xla + xla_again)),
+        "recompiles_for_new_values": num_compiles() - compiles,
+    }
+
+
+def train(rt: Runtime, steps: int = STEPS) -> dict[str, Any]:
+    """``steps`` D+G steps on a fixed global batch stream; per-step losses, step times, final states."""
+    torch.manual_seed(0)
+    G = rt.wrap_model(build_generator(model_config()))
+    D = rt.wrap_model(build_discriminator(model_config()))
+    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    data = torch.Generator().manual_seed(1234)
+    stats, seconds = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        x_real = torch.rand(GLOBAL_BATCH, 3, RES, RES, generator=data) * 2 - 1  # (B, 3, h, w)
+        z_d, z_g = torch.randn(GLOBAL_BATCH, DIM_Z, generator=data), torch.randn(GLOBAL_BATCH, DIM_Z, generator=data)
+        out = d_step(G, D, opt_D, rt.shard_batch(x_real), rt.shard_batch(z_d), None, hinge_d, rt.optimizer_step,
+                     rt.autocast)
+        rt.mark_step()
+        out.update(g_step(G, rt.unwrap(D), opt_G, rt.shard_batch(z_g), None, hinge_g, rt.optimizer_step, rt.autocast))
+        rt.mark_step()
+        stats.append({k: out[k] for k in ("D_real", "D_fake", "G")})  # device tensors: no host sync in the loop
+        rt.synchronize()  # timing only
+        seconds.append(time.perf_counter() - start)
+    losses = [rt.reduce_mean(s) for s in stats]  # the tick: one read per value
+    return {"losses": losses, "seconds": seconds, "G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}
+
+
+def checkpoint_state(rt: Runtime, run: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint-format state built from host copies (what the trainer saves)."""
+    G = rt.unwrap(run["G"])
+    return rt.to_host({
+        "format_version": FORMAT_VERSION, "config": {}, "model_args": dataclasses.asdict(model_config()),
+        "step": STEPS, "images_seen": STEPS * GLOBAL_BATCH, "best_fid": None,
+        "G": G.state_dict(), "D": rt.unwrap(run["D"]).state_dict(), "G_ema": None,
+        "opt_G": run["opt_G"].state_dict(), "opt_D": run["opt_D"].state_dict(),
+        "rng": {}, "data": {}, "attention_rng": attention_rng_state(G),
+    })
+
+
+def eval_sample(G: torch.nn.Module, device: torch.device, z: torch.Tensor) -> torch.Tensor:
+    """G in eval mode (running BN stats, fixed SMYRF eval seed) on ``z``; returned on the CPU."""
+    G.eval()
+    with torch.no_grad():
+        x = G(z.to(device))  # (B, 3, h, w)
+    G.train()
+    return x.cpu()
+
+
+def single(out: Path, cpu_ckpt: Path) -> dict[str, Any]:
+    rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=False))
+    result: dict[str, Any] = {"device": str(rt.device), "smyrf": check_smyrf(rt)}
+
+    compile_before = compile_seconds()
+    run = train(rt)
+    result.update(losses=run["losses"], seconds=run["seconds"], compiles=num_compiles(),
+                  compile_seconds=compile_seconds() - compile_before)
+    eager = train(Runtime.setup(RuntimeConfig(kind="cpu")))
+    result["cpu_losses"] = eager["losses"]
+
+    # XLA -> CPU: save through the checkpoint store; the test loads it with the main (torch 2.14) stack.
+    save_checkpoint(checkpoint_state(rt, run), out / "xla_ckpt", step=STEPS, keep_last=1)
+    z = torch.randn(2, DIM_Z, generator=torch.Generator().manual_seed(7))
+    torch.save({"z": z, "x": eval_sample(rt.unwrap(run["G"]), rt.device, z)}, out / "xla_sample.pt")
+
+    # CPU -> XLA: a checkpoint written by the main stack, loaded into fresh networks and optimisers on the device.
+    state = load_checkpoint(cpu_ckpt, required=CKPT_KEYS)
+    G = rt.wrap_model(build_generator(model_config()))
+    D = rt.wrap_model(build_discriminator(model_config()))
+    load_state_strict(G, state["G"], "G"), load_state_strict(D, state["D"], "D")
+    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_G.load_state_dict(state["opt_G"])
+    exp_avg = next(iter(opt_G.state.values()))["exp_avg"]
+    sample = torch.load(cpu_ckpt.parent / "cpu_sample.pt", weights_only=True)
+    result["cpu_ckpt_on_xla"] = {
+        "max_abs_diff": float((eval_sample(G, rt.device, sample["z"]) - sample["x"]).abs().max()),
+        "opt_state_device": str(exp_avg.device),
+    }
+    return result
+
+
+def spmd(out: Path) -> dict[str, Any]:
+    rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=True))
+    import torch_xla
+
+    x = rt.shard_batch(torch.zeros(GLOBAL_BATCH, 3, 2, 2))
+    result: dict[str, Any] = {"num_devices": rt.num_devices, "world_size": rt.world_size,
+                              "local_batch": rt.local_batch_size(GLOBAL_BATCH // rt.num_devices),
+                              "batch_sharding": torch_xla._XLAC._get_xla_sharding_spec(x)}
+    run = train(rt, steps=2)  # the compiled steps are what SPMD must get right; step 3 would repeat step 2's graph
+    result.update(losses=run["losses"], seconds=run["seconds"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["single", "spmd"])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cpu-ckpt", type=Path)
+    args = parser.parse_args()
+    result = single(args.out, args.cpu_ckpt) if args.mode == "single" else spmd(args.out)
+    (args.out / f"{args.mode}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
