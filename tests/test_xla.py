@@ -103,7 +103,7 @@ def _assert_losses_close(got: list[dict], want: list[dict], rel: float) -> None:
 
 def test_smyrf_attention_on_xla_matches_cpu(results: dict) -> None:
     smyrf = results["single"]["smyrf"]
-    assert smyrf["max_abs_diff"] < 1e-4  # forward and gradients of q, k, v
+    assert smyrf["max_rel_diff"] < 1e-4  # forward and gradients of q, k, v
     assert smyrf["recompiles_for_new_values"] == 0  # static shapes: new data and new clusters reuse the program
 
 
