@@ -115,10 +115,22 @@ class PreparedWriter:
             with open(self.tmp_dir / name, "rb") as f:
                 os.fsync(f.fileno())
         self.array = None
+        if self._same_as_final(manifest):  # another process (rank) wrote the same pixels first
+            shutil.rmtree(self.tmp_dir)
+            return self.final_dir
         if self.final_dir.exists():  # an outdated preparation (other source or filter): replaced as a whole
             shutil.rmtree(self.final_dir)
-        os.replace(self.tmp_dir, self.final_dir)
+        try:
+            os.replace(self.tmp_dir, self.final_dir)
+        except OSError:
+            if not self._same_as_final(manifest):
+                raise
+            shutil.rmtree(self.tmp_dir)
         return self.final_dir
+
+    def _same_as_final(self, manifest: dict[str, Any]) -> bool:
+        final = read_manifest(self.final_dir)
+        return bool(final) and final["sha256"] == manifest["sha256"] and final["count"] == manifest["count"]
 
     def abort(self) -> None:
         """Drop the temporary directory after a failure."""
