@@ -144,3 +144,38 @@ def test_training_survives_sigkill_and_matches_uninterrupted_run(tmp_path: Path)
         _assert_same_state(final[key], expected[key], key)
     print(f"\nfault injection: {kills} SIGKILLs survived in {attempts} attempts; steps lost per kill {lost_steps}",
           file=sys.stderr)
+
+
+def _nan_run(tmp_path: Path, first_call: int, mode: str) -> subprocess.CompletedProcess:
+    argv = [PYTHON, str(REPO / "tests" / "bad_inputs" / "nan_injection.py"), str(first_call), mode, "train.py",
+            *tiny_overrides(tmp_path / "runs", tmp_path / "datasets", total_steps=12, ckpt_every=4),
+            "train.max_rollbacks=2", "train.num_d_steps=1"]
+    return subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600)
+
+
+def _scalar_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+@pytest.mark.slow
+def test_transient_nan_rolls_back_and_the_run_finishes(tmp_path: Path) -> None:
+    proc = _nan_run(tmp_path, first_call=7, mode="once")  # one D step per step: step 7
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rolling back to" in proc.stdout and "at step 4" in proc.stdout
+    assert load_checkpoint(tmp_path / "runs" / "demo" / "checkpoints" / "latest.pt")["step"] == 12
+    tags = _scalar_tags(tmp_path / "runs" / "demo")
+    assert any("rollback" in tag for tag in tags), f"no rollback scalar in TensorBoard: {sorted(tags)}"
+
+
+@pytest.mark.slow
+def test_persistent_nan_stops_after_the_allowed_rollbacks(tmp_path: Path) -> None:
+    proc = _nan_run(tmp_path, first_call=7, mode="always")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: training diverged") and "2 rollback(s)" in lines[-1], lines
+    assert proc.stdout.count("rolling back to") == 2
+    assert load_checkpoint(tmp_path / "runs" / "demo" / "checkpoints" / "latest.pt")["step"] == 4  # last good state kept
