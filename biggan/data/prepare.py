@@ -215,6 +215,8 @@ def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int]
     if todo:
         reader = _Reader(source, todo, resample)
         names = _check_headers(reader, source, skip_bad, report.skipped)
+        if not names:
+            raise DataError(f"every image in {source.path} was skipped as bad; check the source")
         writers = {res: PreparedWriter(out / str(res), res, len(names)) for res in todo}
         try:
             _decode_all(reader, names, writers, skip_bad, report.skipped, workers)
