@@ -130,7 +130,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         if case in ok and base in ok:
             ratio = ok[case][key] / ok[base][key]
             what = "time" if key == "median_s" else "peak"
-            print(f"target: {case} {what} / {base} = {ratio:.2f} (goal <= {limit}): {'met' if ratio <= limit else 'MISSED'}")
+            verdict = "met" if ratio <= limit else "MISSED"
+            print(f"target: {case} {what} / {base} = {ratio:.2f} (goal <= {limit}): {verdict}")
 
 
 def main() -> int:

@@ -12,6 +12,12 @@ Per-process numbers: ``rank``/``world_size`` count processes (torchrun ranks, or
 counts the devices the global batch is split over. The step must not read device values: losses stay tensors,
 :meth:`Runtime.reduce_mean` is the one host sync and belongs in the tick.
 
+Multi-host TPU pods (SPMD; written to the torch-xla 2.9 docs, not testable here): start the same command on every
+host (``gcloud compute tpus tpu-vm ssh NAME --worker=all --command "PJRT_DEVICE=TPU python train.py ..."``). Each
+host is one process (``rank`` = host index, ``world_size`` = hosts); the mesh spans every device of the pod; each host
+reads its own data shard of ``local_batch_size`` images and :meth:`Runtime.shard_batch` assembles the global batch
+from the hosts' parts. Host 0 logs and writes checkpoints (parameters are replicated, so host copies are local).
+
 GAN + DDP rule: wrap G and D with :meth:`Runtime.wrap_model`; in the G step call the discriminator through
 :meth:`Runtime.unwrap` (D's gradients are not wanted there, and DDP would wait for them); in the D step call G
 through ``unwrap`` under ``torch.no_grad()``.
@@ -42,7 +48,7 @@ _PROC_STATUS = Path("/proc/self/status")
 class RuntimeConfig:
     """Where and how the step runs (the ``runtime:`` section of a run config)."""
 
-    kind: Literal["auto", "cpu", "cuda", "xla"] = "auto"  # auto: xla if PJRT_DEVICE is set, else cuda if present, else cpu
+    kind: Literal["auto", "cpu", "cuda", "xla"] = "auto"  # auto: xla if PJRT_DEVICE is set, else cuda, else cpu
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward passes under bf16 autocast; weights and optimiser fp32
     sync_bn: bool = False  # cross-replica BatchNorm statistics over all processes (small per-device batches)
     spmd: bool = True  # xla only: data parallel over all local devices with SPMD (False: first device only)
@@ -96,7 +102,8 @@ class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()  # statistics in fp32 even under bf16 autocast, as native batch_norm does
         count = xf.new_full((1,), x.numel() // C)
-        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,) summed over ranks
+        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,): Σx, Σx², n of this process
+        stats = _AllReduceSum.apply(local)  # (2C + 1,) over all processes
         n = stats[2 * C]
         mean = stats[:C] / n  # (C,)
         var = (stats[C : 2 * C] / n - mean * mean).clamp_min(0.0)  # (C,) biased, as used for normalisation
@@ -311,6 +318,10 @@ class Runtime:
             import torch.distributed as dist
 
             dist.barrier()
+        elif self.kind == "xla" and self.world_size > 1:
+            import torch_xla.core.xla_model as xm
+
+            xm.rendezvous("biggan.barrier")
 
     def _distributed(self) -> bool:
         return self.world_size > 1 and self.kind != "xla"

@@ -88,7 +88,8 @@ def test_print0(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_convert_reuses_parameters_and_buffers() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()), nn.BatchNorm1d(5, affine=False))
+    inner = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), inner, nn.BatchNorm1d(5, affine=False))
     bn = net[1][0]
     out = convert_cross_replica_bn(net)
     assert out is net and isinstance(net[1][0], CrossReplicaBatchNorm) and isinstance(net[2], CrossReplicaBatchNorm)

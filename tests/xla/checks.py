@@ -84,7 +84,9 @@ def check_smyrf(rt: Runtime) -> dict[str, Any]:
     xla_again = run(rt.device, 1)  # new values (and clusters), same shapes
     cpu_again = run(torch.device("cpu"), 1)
     return {
-        "max_rel_diff": max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(xla + xla_again, cpu + cpu_again)),
+        "max_rel_diff": max(
+            float((a - b).abs().max() / b.abs().max()) for a, b in zip(xla + xla_again, cpu + cpu_again)
+        ),
         "recompiles_for_new_values": num_compiles() - compiles,
     }
 
