@@ -1,7 +1,7 @@
 """Bad input, table-driven: every user mistake gives one clear line, exit status 2, no traceback, nothing overwritten.
 
 Each row prepares its own folder (a copy of a finished tiny run, images, checkpoints, weights files), runs one real CLI
-(``train.py``, ``sample.py``, ``python -m data.prepare_celebahq``, ``python -m biggan.fid``) in a subprocess, and checks:
+(``train.py``, ``sample.py``, ``python -m data.prepare_celebahq``, ``python -m biggan.fid``) and checks:
 
 - exit status 2 (``cli_main``'s user-error status);
 - stderr is exactly one line, ``error: ...``, that contains the row's words naming the problem and the fix;
@@ -181,7 +181,8 @@ CASES: list[Case] = [
          ("trian",)),
     Case("config: missing config file", lambda c: c.train(extra=("--config", str(c.case_dir / "nope.yaml"))),
          ("nope.yaml",)),
-    Case("config: YAML syntax error", lambda c: c.train(extra=("--config", str(c.file("bad.yaml", "model: {res: [32")))),
+    Case("config: YAML syntax error",
+         lambda c: c.train(extra=("--config", str(c.file("bad.yaml", "model: {res: [32"))))),
          ("bad.yaml",)),
     Case("config: wrong type (int)", lambda c: c.train("train.batch_size=four"), ("train.batch_size", "int")),
     Case("config: wrong type (bool)", lambda c: c.train("data.xflip=maybe"), ("data.xflip", "bool")),
@@ -202,10 +203,12 @@ CASES: list[Case] = [
          lambda c: c.train("model.G.attention.0.res=12"), ("12", "attention")),
     Case("config: dim_z does not split into the z chunks", lambda c: c.train("model.dim_z=65"), ("dim_z", "65")),
     # --- data (a new run name: resuming the existing run would first report the changed dataset) ------------------
-    Case("data: missing folder", lambda c: _fresh_run(c, "folder", c.case_dir / "missing"), ("does not exist", "data.path")),
+    Case("data: missing folder", lambda c: _fresh_run(c, "folder", c.case_dir / "missing"),
+         ("does not exist", "data.path")),
     Case("data: empty folder", lambda c: _fresh_run(c, "folder", c.images("empty", 0)), ("no images",)),
     Case("data: corrupt JPEG (train)", lambda c: _fresh_run(c, "folder", _corrupt_jpeg(c, "img", 8)), ("1.jpg",)),
-    Case("data: non-square image (train)", lambda c: _fresh_run(c, "folder", _non_square(c, "img", 8)), ("not square",)),
+    Case("data: non-square image (train)", lambda c: _fresh_run(c, "folder", _non_square(c, "img", 8)),
+         ("not square",)),
     Case("data: fewer images than a batch", lambda c: _fresh_run(c, "folder", c.images("img", 2, (32, 32))),
          ("fewer than one batch",)),
     Case("data: prepared dataset at another resolution",
@@ -232,8 +235,8 @@ CASES: list[Case] = [
          lambda c: ["-m", "data.prepare_celebahq", str(c.images("src", 4)), str(c.case_dir / "out"),
                     "--resolution", "64", "--expect-count", "4", "--fid-dims"], ("smaller",)),
     # --- checkpoints ------------------------------------------------------------------------------------------------
-    Case("checkpoint: truncated (sample.py)", lambda c: ["sample.py", str(_truncated(c)), "--grid", str(c.case_dir / "g.png")],
-         ("truncated or corrupt",)),
+    Case("checkpoint: truncated (sample.py)",
+         lambda c: ["sample.py", str(_truncated(c)), "--grid", str(c.case_dir / "g.png")], ("truncated or corrupt",)),
     Case("checkpoint: random bytes (sample.py)",
          lambda c: ["sample.py", str(c.file("noise.pt", os.urandom(5000))), "--grid", str(c.case_dir / "g.png")],
          ("truncated or corrupt",)),

@@ -123,7 +123,9 @@ def test_rewriting_a_step_after_rollback_replaces_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_disk_full_while_writing_keeps_previous_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+def test_disk_full_while_writing_keeps_previous_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     save_checkpoint(_state(1), tmp_path, step=1, keep_last=1)
     before = _digest(tmp_path)
     real_save = torch.save

@@ -178,4 +178,5 @@ def test_persistent_nan_stops_after_the_allowed_rollbacks(tmp_path: Path) -> Non
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].startswith("error: training diverged") and "2 rollback(s)" in lines[-1], lines
     assert proc.stdout.count("rolling back to") == 2
-    assert load_checkpoint(tmp_path / "runs" / "demo" / "checkpoints" / "latest.pt")["step"] == 4  # last good state kept
+    latest = tmp_path / "runs" / "demo" / "checkpoints" / "latest.pt"
+    assert load_checkpoint(latest)["step"] == 4  # the last good state is kept

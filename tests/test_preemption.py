@@ -1,7 +1,7 @@
 """Preemption in real processes: SIGTERM/SIGINT finish the step, checkpoint, exit 0 within the grace period.
 
-The first tests drive :class:`PreemptionHandler` in a minimal child process (the signal path alone); the trainer-level test
-sends the signals to ``train.py`` itself and checks the checkpoint it leaves and that the same command resumes from it.
+The first tests drive :class:`PreemptionHandler` in a minimal child process (the signal path alone); the trainer-level
+test sends the signals to ``train.py`` itself and checks the checkpoint it leaves and that the same command resumes.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ _STOPPED_RE = re.compile(r"stopped by (SIG\w+) at step (\d+)")
 
 
 def _signal_trainer(argv: list[str], sig: signal.Signals, after_step: int) -> tuple[int, int, float]:
-    """Start train.py, wait for a status line at ``after_step`` or later, send ``sig``; (exit code, stop step, seconds)."""
+    """Start train.py, wait for a status line at ``after_step`` or later, send ``sig``; (exit code, stop step, secs)."""
     run = LiveProcess(argv)
     try:
         assert run.wait_for_step(after_step, timeout=300), run.stdout[-5:] + run.stderr[-10:]

@@ -1,4 +1,7 @@
-"""Preemption signals in-process, the bounded divergence guard, the sync-free finite monitor (subprocess tests: test_preemption.py)."""
+"""Preemption signals in-process, the bounded divergence guard, the sync-free finite monitor.
+
+Preemption of real child processes (exit status, watchdog, train.py) is tested in test_preemption.py.
+"""
 
 from __future__ import annotations
 

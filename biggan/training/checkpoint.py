@@ -1,25 +1,26 @@
 """Atomic, crash-safe checkpoint store for the full training state.
 
-Why: a run on a spot VM is killed at arbitrary moments (SIGKILL, power loss, disk full). Whatever instant that happens, the
-directory must still hold a complete checkpoint that loads, and at most one checkpoint interval may be lost. So every file is
-written to a temporary name in the same directory, flushed and fsynced, then renamed over its final name with ``os.replace``
-(atomic on POSIX), and the directory is fsynced so the rename itself survives a crash. Old files are pruned only after the
-new one is complete, and the newest is never pruned.
+Why: a run on a spot VM is killed at arbitrary moments (SIGKILL, power loss, disk full). Whatever instant that happens,
+the directory must still hold a complete checkpoint that loads, and at most one checkpoint interval may be lost. So
+every file is written to a temporary name in the same directory, flushed and fsynced, then renamed over its final name
+with ``os.replace`` (atomic on POSIX), and the directory is fsynced so the rename itself survives a crash. Old files are
+pruned only after the new one is complete, and the newest is never pruned.
 
 Layout of ``ckpt_dir``::
 
     step-00001234.pt   one full training state per saved step; the newest ``keep_last`` are kept
-    latest.pt          a hard link to (or, where links are unsupported, a copy of) the newest step file: a real file that
-                       ``sample.py --checkpoint .../latest.pt`` and auto-resume read
+    latest.pt          a hard link to (or, without link support, a copy of) the newest step file: a real file that
+                       ``sample.py .../latest.pt`` and auto-resume read
     best.pt            the same for the best-by-FID state (never pruned)
     .tmp-*             a write in progress; a leftover from a killed process is removed by the next save
 
-File format: ``torch.save`` of a dict that holds only tensors and plain containers/numbers/strings, so that it loads with
-``torch.load(weights_only=True)``. That loader refuses any pickle that would construct arbitrary objects, so opening a
-checkpoint from someone else can never execute code (a full pickle can run anything on load). Keys (``FORMAT_VERSION`` 1):
-``format_version``, ``config`` (resolved config as a dict), ``model_args``, ``step``, ``images_seen``, ``best_fid``,
-``G``, ``D``, ``G_ema`` (state dicts; ``G_ema`` may be None), ``opt_G``, ``opt_D`` (optimizer state dicts), ``rng``,
-``data`` (batch stream state), ``attention_rng`` (SMYRF projection generators). Writers may add keys; readers ignore extras.
+File format: ``torch.save`` of a dict that holds only tensors and plain containers/numbers/strings, so that it loads
+with ``torch.load(weights_only=True)``. That loader refuses any pickle that would construct arbitrary objects, so
+opening a checkpoint from someone else can never execute code (a full pickle can run anything on load). Keys
+(``FORMAT_VERSION`` 1): ``format_version``, ``config`` (resolved config as a dict), ``model_args``, ``step``,
+``images_seen``, ``best_fid``, ``G``, ``D``, ``G_ema`` (state dicts; ``G_ema`` may be None), ``opt_G``, ``opt_D``
+(optimizer state dicts), ``rng``, ``data`` (batch stream state), ``attention_rng`` (SMYRF projection generators).
+Writers may add keys; readers ignore extras.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def list_step_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]
 def find_latest(ckpt_dir: str | os.PathLike) -> Path | None:
     """The checkpoint to resume from: ``latest.pt`` if present, else the newest step file, else None.
 
-    ``latest.pt`` is only ever replaced atomically by a complete file, so existence is enough; the fallback covers a crash
-    between writing a step file and updating ``latest.pt`` (or a user who deleted it).
+    ``latest.pt`` is only ever replaced atomically by a complete file, so existence is enough; the fallback covers a
+    crash between writing a step file and updating ``latest.pt`` (or a user who deleted it).
     """
     latest = Path(ckpt_dir) / LATEST_NAME
     if latest.is_file():
@@ -103,7 +104,7 @@ def find_latest(ckpt_dir: str | os.PathLike) -> Path | None:
 def save_checkpoint(
     state: Mapping[str, Any], ckpt_dir: str | os.PathLike, step: int, keep_last: int, best: bool = False
 ) -> Path:
-    """Write ``state`` atomically as ``step-XXXXXXXX.pt``, point ``latest.pt`` (and ``best.pt`` if ``best``) at it, prune.
+    """Write ``state`` atomically as ``step-XXXXXXXX.pt``; point ``latest.pt`` (and ``best.pt``) at it; prune.
 
     Args:
         state: the training state (tensors and plain containers only; see the module docstring).
@@ -116,8 +117,8 @@ def save_checkpoint(
         the path of the new step file.
 
     Raises:
-        CheckpointError: the directory cannot be written (disk full, read-only, permissions). The temporary file is removed
-            and every previously written checkpoint is left intact.
+        CheckpointError: the directory cannot be written (disk full, read-only, permissions). The temporary file is
+            removed and every previously written checkpoint is left intact.
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -145,12 +146,14 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = REQUIRED_
         required: keys that must be present (``sample.py`` may ask for fewer than a full training resume).
 
     Raises:
-        CheckpointError: missing, truncated/corrupt, unsafe (a pickle that would build arbitrary objects), not a checkpoint
-            of this project, a newer format, or missing keys. The message names the file and the fix.
+        CheckpointError: missing, truncated/corrupt, unsafe (a pickle that would build arbitrary objects), not a
+            checkpoint of this project, a newer format, or missing keys. The message names the file and the fix.
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file from a run's checkpoints/ folder")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; pass the path of a .pt file from a run's checkpoints/ folder"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file; pass a .pt file such as <run>/checkpoints/latest.pt")
     try:
@@ -162,8 +165,8 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = REQUIRED_
         unsafe = _UNSAFE_GLOBAL_RE.search(str(err))
         if unsafe:
             raise CheckpointError(
-                f"checkpoint {path} references the Python object {unsafe.group(1)} and was refused (a pickle that builds "
-                "objects could execute code when loaded); use a checkpoint written by this project's train.py"
+                f"checkpoint {path} references the Python object {unsafe.group(1)} and was refused (a pickle that "
+                "builds objects could execute code when loaded); use a checkpoint written by this project's train.py"
             ) from None
         # torch's message here advises weights_only=False, which is exactly what must not be done with unknown files.
         raise _corrupt_error(path, "not a valid checkpoint pickle") from None
@@ -192,8 +195,8 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = REQUIRED_
 def load_state_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """``module.load_state_dict(strict=True)`` with a one-line ``CheckpointError`` naming the first mismatch.
 
-    Why: torch's own error lists every mismatching key across many lines (and a traceback); a user who points a 256 run at a
-    128 checkpoint needs one line saying which architecture differs and what to do.
+    Why: torch's own error lists every mismatching key across many lines (and a traceback); a user who points a 256 run
+    at a 128 checkpoint needs one line saying which architecture differs and what to do.
 
     Args:
         module: the freshly built network.
@@ -211,8 +214,9 @@ def load_state_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(value.shape):
             got_shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             raise CheckpointError(
-                f"{what} does not match the model: '{key}' is {got_shape} in the checkpoint but {tuple(value.shape)} in the "
-                "model (another architecture); rebuild the model from the checkpoint's own config, or pass a matching checkpoint"
+                f"{what} does not match the model: '{key}' is {got_shape} in the checkpoint but "
+                f"{tuple(value.shape)} in the model (another architecture); rebuild the model from the checkpoint's "
+                "own config, or pass a matching checkpoint"
             )
     extra = [key for key in state_dict if key not in expected]
     if extra:
@@ -269,7 +273,7 @@ def _atomic_alias(directory: Path, source: Path, alias: Path) -> None:
 
 
 def _prune(directory: Path, keep_last: int, keep: Path) -> None:
-    """Remove step files beyond the newest ``keep_last``; never ``keep`` (the file just written, which latest.pt shares)."""
+    """Remove step files beyond the newest ``keep_last``, except ``keep`` (the file just written; latest.pt shares it)."""
     steps = [path for _, path in list_step_checkpoints(directory)]
     for path in steps[: max(0, len(steps) - keep_last)]:
         if path != keep:
@@ -314,8 +318,8 @@ def _unlink_quietly(path: Path) -> None:
 def _write_error(target: Path, err: OSError) -> CheckpointError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return CheckpointError(
-            f"disk full while writing checkpoint {target}; the previous checkpoints are intact — free space on that disk "
-            "(or lower train.keep_last) or set out_dir=... to another disk, then rerun the same command to resume"
+            f"disk full while writing checkpoint {target}; the previous checkpoints are intact — free space on that "
+            "disk (or lower train.keep_last) or set out_dir=... to another disk, then rerun the same command to resume"
         )
     reason = err.strerror or type(err).__name__
     return CheckpointError(

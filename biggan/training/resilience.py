@@ -1,19 +1,21 @@
 """Surviving preemption and divergence: signal handling, a bounded rollback guard and a sync-free finiteness monitor.
 
-Preemption: spot/preemptible TPU and GPU VMs send SIGTERM and give about 30 s before SIGKILL; Ctrl-C sends SIGINT. Python's
-default reaction (die at once, or KeyboardInterrupt at an arbitrary bytecode) loses everything since the last checkpoint. So
-:class:`PreemptionHandler` only sets a flag; the trainer reads ``.requested`` once per step (a Python bool, so no device sync
-on XLA/CUDA), finishes the step, writes a checkpoint and returns 0. A watchdog makes sure the process still exits within the
-grace period if that checkpoint hangs, and a second signal aborts at once for a user who really means it.
+Preemption: spot/preemptible TPU and GPU VMs send SIGTERM and give about 30 s before SIGKILL; Ctrl-C sends SIGINT.
+Python's default reaction (die at once, or KeyboardInterrupt at an arbitrary bytecode) loses everything since the last
+checkpoint. So :class:`PreemptionHandler` only sets a flag; the trainer reads ``.requested`` once per step (a Python
+bool, so no device sync on XLA/CUDA), finishes the step, writes a checkpoint and returns 0. A watchdog makes sure the
+process still exits within the grace period if that checkpoint hangs, and a second signal aborts at once for a user who
+really means it.
 
 Divergence: a NaN/inf loss or gradient poisons the weights and every later step. Checking it with ``.item()`` every step
-would force a host sync (fatal for XLA throughput), so :class:`FiniteMonitor` ANDs a device-side flag across the steps of a
-tick and the trainer reads it once per tick, where it syncs anyway. :class:`DivergenceGuard` then decides: roll back to the
-last good checkpoint, at most ``max_rollbacks`` times, then stop with a clear message (cf. lightweight-gan, which reloads
-the last checkpoint up to 3 times).
+would force a host sync (fatal for XLA throughput), so :class:`FiniteMonitor` ANDs a device-side flag across the steps
+of a tick and the trainer reads it once per tick, where it syncs anyway. :class:`DivergenceGuard` then decides: roll
+back to the last good checkpoint, at most ``max_rollbacks`` times, then stop with a clear message (cf. lightweight-gan,
+which reloads the last checkpoint up to 3 times).
 
-Multi-device: every rank must take the same decision, so reduce the flags before acting on them (e.g. ``min`` of the finite
-flag, ``max`` of ``requested`` at the tick); a rank that checkpoints alone deadlocks the collectives of the others.
+Multi-device: every rank must take the same decision, so reduce the flags before acting on them (e.g. ``min`` of the
+finite flag, ``max`` of ``requested`` at the tick); a rank that checkpoints alone deadlocks the collectives of the
+others.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ class PreemptionHandler:
     """Turns SIGTERM/SIGINT into a polite "checkpoint and exit 0" request with a hard deadline.
 
     Args:
-        grace_seconds: time from the first signal until the watchdog force-exits the process with status 128 + signum (the
-            usual "killed by signal" status) if it has not finished by then. Spot VMs give about 30 s; leave a margin.
+        grace_seconds: time from the first signal until the watchdog force-exits the process with status 128 + signum
+            (the usual "killed by signal" status) if it has not finished by then. Spot VMs give about 30 s; leave a
+            margin.
         signals: the signals to handle.
 
     Usage (main thread)::
@@ -53,11 +56,14 @@ class PreemptionHandler:
                     break
         return 0
 
-    A second signal while a request is pending raises ``KeyboardInterrupt`` (``cli_main`` exits 130). Handlers can only be
-    installed from the main thread; elsewhere the object is inert (``installed`` is False) and ``requested`` stays False.
+    A second signal while a request is pending raises ``KeyboardInterrupt`` (``cli_main`` exits 130). Handlers can only
+    be installed from the main thread; elsewhere the object is inert (``installed`` is False) and ``requested`` stays
+    False.
     """
 
-    def __init__(self, grace_seconds: float, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(
+        self, grace_seconds: float, signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT)
+    ) -> None:
         if grace_seconds <= 0:
             raise ValueError(f"grace_seconds must be > 0, got {grace_seconds}")
         self.grace_seconds = float(grace_seconds)
@@ -112,8 +118,9 @@ class PreemptionHandler:
 
     def _expire(self, signum: int) -> None:
         _say(
-            f"error: the {self.grace_seconds:g} s grace period after {signal.Signals(signum).name} passed before the checkpoint "
-            "was written; exiting without it (the previous checkpoint is intact); raise the grace period if this repeats\n"
+            f"error: the {self.grace_seconds:g} s grace period after {signal.Signals(signum).name} passed before the "
+            "checkpoint was written; exiting without it (the previous checkpoint is intact); raise "
+            "train.preempt_grace_seconds if the VM allows, else checkpoint more often\n"
         )
         os._exit(128 + signum)
 
@@ -159,8 +166,8 @@ class DivergenceGuard:
     def stop_error(self, step: int) -> DivergenceError:
         """The one-line error to raise on ``"stop"``."""
         return DivergenceError(
-            f"training diverged: non-finite loss or gradient at step {step} after {self.rollbacks} rollback(s) to the last "
-            "good checkpoint; lower the learning rates or use fp32 instead of mixed precision, then resume"
+            f"training diverged: non-finite loss or gradient at step {step} after {self.rollbacks} rollback(s) to the "
+            "last good checkpoint; lower the learning rates or use fp32 instead of mixed precision, then resume"
         )
 
     def state_dict(self) -> dict[str, int]:
@@ -173,8 +180,9 @@ class DivergenceGuard:
 class FiniteMonitor:
     """Device-side "everything was finite" flag, ANDed over the steps of a tick without any host sync.
 
-    Why: ``torch.isfinite(loss).item()`` every step stalls the device pipeline (and cuts the XLA graph). Here each update is
-    one more lazy tensor op; the trainer reads the flag with :meth:`read_and_reset` at the tick, where it syncs anyway.
+    Why: ``torch.isfinite(loss).item()`` every step stalls the device pipeline (and cuts the XLA graph). Here each
+    update is one more lazy tensor op; the trainer reads the flag with :meth:`read_and_reset` at the tick, where it
+    syncs anyway.
     """
 
     def __init__(self, device: torch.device | str) -> None:
@@ -187,7 +195,7 @@ class FiniteMonitor:
             self._flag = self._flag & torch.isfinite(tensor.detach()).all()
 
     def update_grads(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """AND in whether all gradients are finite, via their norms (inf/NaN in any element propagates into its norm)."""
+        """AND in whether all gradients are finite, via their norms (inf/NaN in any element propagates to its norm)."""
         grads = [p.grad.detach() for p in parameters if p.grad is not None]
         if grads:
             norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # (num_params,)
