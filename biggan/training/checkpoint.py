@@ -273,7 +273,7 @@ def _atomic_alias(directory: Path, source: Path, alias: Path) -> None:
 
 
 def _prune(directory: Path, keep_last: int, keep: Path) -> None:
-    """Remove step files beyond the newest ``keep_last``, except ``keep`` (the file just written; latest.pt shares it)."""
+    """Remove step files beyond the newest ``keep_last``, except ``keep`` (just written; latest.pt shares it)."""
     steps = [path for _, path in list_step_checkpoints(directory)]
     for path in steps[: max(0, len(steps) - keep_last)]:
         if path != keep:
