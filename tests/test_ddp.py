@@ -24,14 +24,17 @@ B, STEPS = 8, 2  # global batch; D+G steps (the second step's losses see the fir
 pytestmark = pytest.mark.ddp
 
 
-def _torchrun(out: Path, sync_bn: bool) -> None:
-    """Two gloo processes, B/2 images each."""
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torchrun of two gloo processes with B/2 images each, training both variants (one start-up)."""
+    out = tmp_path_factory.mktemp("ddp")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["PYTHONPATH"] = str(ROOT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS)] + (["--sync-bn"] if sync_bn else [])
+           "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS), "--variants", "sync_bn", "plain"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
 
 
 def _load(out: Path) -> tuple[list[dict[str, float]], list[dict]]:
@@ -59,8 +62,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, 
     from tests.ddp.worker import run
 
     out = tmp_path_factory.mktemp("ref")
-    run(out, batch=B, steps=STEPS, sync_bn=False)
-    losses, states = _load(out)
+    run(out, batch=B, steps=STEPS, variants=["plain"])
+    losses, states = _load(out / "plain")
     return losses, states[0]
 
 
@@ -70,9 +73,8 @@ def _assert_losses_close(got: list[dict[str, float]], want: list[dict[str, float
             assert g[key] == pytest.approx(w[key], rel=1e-3, abs=1e-4), f"step {step} {key}: {g[key]} vs {w[key]}"
 
 
-def test_sync_bn_two_processes_equal_one_process(tmp_path: Path, reference) -> None:
-    _torchrun(tmp_path, sync_bn=True)
-    losses, (rank0, rank1) = _load(tmp_path)
+def test_sync_bn_two_processes_equal_one_process(two_processes: Path, reference) -> None:
+    losses, (rank0, rank1) = _load(two_processes / "sync_bn")
     assert (rank0["seed_offset"], rank1["seed_offset"], rank0["num_data_shards"]) == (0, 1, 2)
     _assert_states(rank0, rank1, exact=True)  # weights and (global) BN statistics agree bit for bit
     ref_losses, ref_state = reference
@@ -81,10 +83,8 @@ def test_sync_bn_two_processes_equal_one_process(tmp_path: Path, reference) -> N
     _assert_states(rank0, ref_state, exact=False)
 
 
-@pytest.mark.slow
-def test_without_sync_bn_ranks_agree_but_differ_from_one_process(tmp_path: Path, reference) -> None:
-    _torchrun(tmp_path, sync_bn=False)
-    losses, (rank0, rank1) = _load(tmp_path)
+def test_without_sync_bn_ranks_agree_but_differ_from_one_process(two_processes: Path, reference) -> None:
+    losses, (rank0, rank1) = _load(two_processes / "plain")
     _assert_states(rank0, rank1, exact=True, buffers=False)  # DDP keeps weights identical; BN stats are per rank
     ref_losses, _ = reference
     with pytest.raises(AssertionError):

@@ -2,8 +2,9 @@
 
 Every step draws one global batch of reals and latents from a fixed seed, and rank r trains on rows
 [r·B, (r+1)·B). So one process with batch 2B sees exactly what two processes with batch B see together, and with
-cross-replica BN the two runs are the same computation. Rank 0 writes the per-step losses (reduced over ranks) to
-``OUT/losses.json``; every rank writes its final G and D state to ``OUT/rank<r>.pt``.
+cross-replica BN the two runs are the same computation. Per variant (``sync_bn``: cross-replica BN; ``plain``: per-rank
+BN), rank 0 writes the per-step losses (reduced over ranks) to ``OUT/<variant>/losses.json`` and every rank writes its
+final G and D state to ``OUT/<variant>/rank<r>.pt``.
 
 Shape legend: B batch (per process), C channels, h×w spatial size.
 """
@@ -11,6 +12,7 @@ Shape legend: B batch (per process), C channels, h×w spatial size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -35,9 +37,9 @@ def model_config() -> ModelConfig:
     )
 
 
-def run(out: Path, batch: int, steps: int, sync_bn: bool) -> None:
+def train(rt: Runtime, out: Path, batch: int, steps: int) -> None:
     """Train ``steps`` D+G steps with ``batch`` images per process; write losses (rank 0) and states (every rank)."""
-    rt = Runtime.setup(RuntimeConfig(kind="cpu", sync_bn=sync_bn))
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)  # same initial weights everywhere (DDP would broadcast rank 0's anyway)
     G = rt.wrap_model(build_generator(model_config()))
     D = rt.wrap_model(build_discriminator(model_config()))
@@ -62,7 +64,18 @@ def run(out: Path, batch: int, steps: int, sync_bn: bool) -> None:
                 "num_data_shards": rt.num_data_shards}, out / f"rank{rt.rank}.pt")
     if rt.is_main:
         (out / "losses.json").write_text(json.dumps(losses))
-    rt.shutdown()
+
+
+def run(out: Path, batch: int, steps: int, variants: list[str]) -> None:
+    """One training per variant ('sync_bn' or 'plain') into ``out/<variant>``, sharing one process group."""
+    rt = Runtime.setup(RuntimeConfig(kind="cpu"))
+    try:
+        for variant in variants:
+            # Test-only shortcut: switching the option on a live runtime saves a second torchrun start-up.
+            rt.cfg = dataclasses.replace(rt.cfg, sync_bn=variant == "sync_bn")
+            train(rt, out / variant, batch, steps)
+    finally:
+        rt.shutdown()
 
 
 if __name__ == "__main__":
@@ -70,6 +83,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batch", type=int, required=True, help="images per process")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--sync-bn", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=["sync_bn", "plain"], default=["sync_bn"])
     args = parser.parse_args()
-    run(args.out, args.batch, args.steps, args.sync_bn)
+    run(args.out, args.batch, args.steps, args.variants)
