@@ -32,7 +32,7 @@ def tiny_overrides(tmp: Path, steps: int) -> list[str]:
     """The demo config shrunk to seconds: ch 8, batch 4, 64 synthetic images; SMYRF in G, dense in D kept."""
     return [
         f"out_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}", "data.synthetic_num_images=64", "runtime.kind=cpu", "runtime.threads=1",
-        "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", f"train.total_steps={steps}", "train.ckpt_every=2",
+        "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", "train.num_d_steps=2", f"train.total_steps={steps}", "train.ckpt_every=2",
         "log.every=1", "log.sample_every=2", "log.num_samples=4", "log.progress_bar=false", "fid.every=0",
     ]
 
