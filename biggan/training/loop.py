@@ -93,14 +93,20 @@ class _Trainer:
     def __init__(self, cfg: Config, runtime: Runtime, run_dir: RunDir, logger: RunLogger) -> None:
         self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
         self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
-        self.dataset, self.state.stream = build_stream(cfg, runtime)
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
         self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
         self.fid: Any = None
+        # Rank 0 writes the demo dataset and FID reference statistics (if missing) while the others wait, then they
+        # read what it wrote; two processes writing the same files would race.
+        if not runtime.is_main:
+            runtime.barrier()
+        self.dataset, self.state.stream = build_stream(cfg, runtime)
         if cfg.fid.every:
             from biggan.fid.evaluate import build_fid_evaluator
 
             self.fid = build_fid_evaluator(cfg.fid, self.dataset, runtime.device, compute_missing=runtime.is_main)
+        if runtime.is_main:
+            runtime.barrier()
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)
         self.global_batch = cfg.train.batch_size * runtime.num_devices
 
@@ -190,7 +196,7 @@ class _Trainer:
         for _ in range(cfg.train.num_d_steps):
             x_real = rt.shard_batch(next(st.stream))  # (B, 3, h, w)
             z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
-            out = d_step(st.G, st.D, st.opt_D, x_real, z, None, self.loss_d, rt.optimizer_step, rt.autocast, acc_n)
+            out = d_step(st.G_, st.D, st.opt_D, x_real, z, None, self.loss_d, rt.optimizer_step, rt.autocast, acc_n)
             acc.add(out)
             monitor.update(*out.values())
             rt.mark_step()

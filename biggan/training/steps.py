@@ -61,7 +61,7 @@ def d_step(
     """One D update on reals ``x_real`` (B, 3, h, w) and fakes G(z, y); returns detached D statistics.
 
     Args:
-        G, D: the (possibly DDP-wrapped) networks; G runs under ``no_grad``.
+        G: the unwrapped generator (runs under ``no_grad``); D: the (possibly DDP-wrapped) discriminator.
         opt_D: D's optimiser.
         x_real: real images in [-1, 1], (B, 3, h, w), on the device.
         z: fresh latents (B, dim_z); y: labels (B,) or None (unconditional).
