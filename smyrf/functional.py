@@ -103,11 +103,11 @@ def combine_rounds(out: Tensor, lse: Tensor) -> Tensor:
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, n_hashes: int) -> None:
     """Raise ValueError naming the numbers for every shape the algorithm cannot honour."""
     if q.dim() < 2 or k.dim() < 2 or v.dim() < 2:
-        raise ValueError(f"q, k, v need shape (..., N, dim), got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"q, k, v need shape (..., N, dim), got {shapes}")
     if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
-        raise ValueError(
-            f"leading (batch/head) dims differ: q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}, v {tuple(v.shape[:-2])}"
-        )
+        lead = f"q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])}, v {tuple(v.shape[:-2])}"
+        raise ValueError(f"leading (batch/head) dims differ: {lead}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k need the same feature dim d, got q d={q.shape[-1]} and k d={k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
@@ -205,7 +205,9 @@ def smyrf_attention(
             kernel_name = resolve_kernel(kernel, q.device, q.dtype, k_cluster_size)
             out = smyrf_fused(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters, scale, kernel_name)  # (B, Nq, dv)
         else:
-            s_out, s_lse = attend_in_clusters(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters=n_clusters, scale=scale)
+            s_out, s_lse = attend_in_clusters(
+                q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters=n_clusters, scale=scale
+            )  # (H, B, nc, cq, dv), (H, B, nc, cq)
             out = combine_rounds(*unsort(s_out, s_lse, perm_q))  # (B, Nq, dv)
     out = out.reshape(*lead, nq, dv).to(out_dtype)  # (..., Nq, dv)
     if return_clusters:

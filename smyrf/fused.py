@@ -17,7 +17,8 @@ The round-merge weights need no separate term: w_t = exp(l_t - L) is already fol
 is therefore one standard attention backward on its clusters, called with (out, L) gathered into that round's order,
 and its gradients are scattered back to original order and summed over rounds.
 
-Shape legend: B rows; Nq, Nk; d, dv; H rounds; nc clusters; cq, ck cluster sizes; ``s_`` prefix = sorted order of a round.
+Shape legend: B rows; Nq, Nk; d, dv; H rounds; nc clusters; cq, ck cluster sizes; hc rounds in a chunk;
+``s_`` prefix = sorted order of a round.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ Kernel = Literal["auto", "flash", "math"]
 
 
 def _flat_index(perm: Tensor) -> Tensor:
-    """perm (H, B, N) -> (H, B*N) row indices into x.reshape(B*N, e). index_select/index_copy_/index_add_ on a flat
-    first axis measured ~5x faster on CPU than gather/scatter with an expanded (B, N, e) index, and stay static-shaped."""
+    """perm (H, B, N) -> (H, B*N) row indices into x.reshape(B*N, e). index_select/index_copy_ on a flat first axis
+    measured ~5x faster on CPU than gather/scatter with an expanded (B, N, e) index, and stay static-shaped."""
     _, b, n = perm.shape
     offsets = torch.arange(b, device=perm.device).unsqueeze(-1) * n  # (B, 1)
     return (perm + offsets).flatten(1)  # (H, B*N)
@@ -123,11 +124,12 @@ def resolve_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, k_c
     return kernel
 
 
-# Rounds are processed in chunks whose transient tensors stay under this budget (at least one round per chunk):
-# chunking bounds memory like one-round-at-a-time, while small shapes run all rounds in one batch of kernel calls.
-# Larger budgets measured slower on CPU (1 thread, fwd+bwd): at G128@64 (math kernel) 64 MiB chunks of 8 rounds took
-# 0.078 s against 0.050 s one round at a time, as the batched scores fall out of cache.
-_CHUNK_BYTES = 16 * 2**20
+# Rounds are processed in chunks whose transient tensors stay under a budget (at least one round per chunk): chunking
+# bounds memory like one-round-at-a-time, while small shapes need H times fewer kernel calls. Measured on CPU, fwd+bwd:
+# the math kernel's batched scores fall out of cache (G128@64, 1 thread: 8-round chunks 0.078 s, single rounds
+# 0.050 s), so it gets a small budget; the flash kernel materialises no scores and its 4-round chunks at G128@128 ran
+# as fast alone (0.31 s) and faster on a busy 2-core machine (0.57 s against 0.82 s CPU time).
+_CHUNK_BYTES = {"flash": 64 * 2**20, "math": 16 * 2**20}
 
 
 def _round_chunks(n_hashes: int, b: int, nq: int, nk: int, ck: int, ed: int, ev: int, kernel: str, itemsize: int):
@@ -135,7 +137,7 @@ def _round_chunks(n_hashes: int, b: int, nq: int, nk: int, ck: int, ed: int, ev:
     gathered = nq * (ed + 3 * ev) + nk * 2 * (ed + ev)  # q, dout, out, unsorted out; k, v and their gradients
     scores = 3 * nq * ck if kernel == "math" else 0  # math materialises scores, probabilities, their gradient
     per_round = b * itemsize * (gathered + scores)
-    size = max(1, min(n_hashes, _CHUNK_BYTES // max(per_round, 1)))
+    size = max(1, min(n_hashes, _CHUNK_BYTES[kernel] // max(per_round, 1)))
     return [(t, min(t + size, n_hashes)) for t in range(0, n_hashes, size)]
 
 
@@ -149,7 +151,9 @@ class _SmyrfFunction(torch.autograd.Function):
     """q, k, v (B, N, .) and fixed permutations (H, B, N) -> out (B, Nq, dv). Permutations get no gradient."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str):
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str
+    ) -> Tensor:
         n_hashes, b, nq = perm_q.shape
         nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
         cq, ck = nq // nc, nk // nc

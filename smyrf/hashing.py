@@ -174,7 +174,8 @@ def _kdtree_sort(h: Tensor, factors: list[int]) -> Tensor:
 def check_cluster_sizes(nq: int, nk: int, q_cluster_size: int, k_cluster_size: int) -> None:
     """Raise ValueError unless cq | Nq, ck | Nk and Nq/cq == Nk/ck (a cluster must never span two rows)."""
     if q_cluster_size < 1 or k_cluster_size < 1:
-        raise ValueError(f"cluster sizes must be >= 1, got q_cluster_size={q_cluster_size}, k_cluster_size={k_cluster_size}")
+        sizes = f"q_cluster_size={q_cluster_size}, k_cluster_size={k_cluster_size}"
+        raise ValueError(f"cluster sizes must be >= 1, got {sizes}")
     if nq % q_cluster_size:
         raise ValueError(
             f"Nq={nq} is not divisible by q_cluster_size={q_cluster_size} (Nq % cq = {nq % q_cluster_size}); "

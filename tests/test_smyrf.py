@@ -49,7 +49,8 @@ def _multiset_union(q, k, v, perm_q, perm_k, cq, ck, scale):
 @pytest.mark.parametrize("scale", [None, 1.0, 0.3])
 def test_one_hash_one_cluster_is_dense(impl, kernel, scale):
     q, k, v = _qkv(nq=24, nk=10)
-    out = smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=24, k_cluster_size=10, scale=scale, impl=impl, kernel=kernel)
+    out = smyrf_attention(q, k, v, n_hashes=1, q_cluster_size=24, k_cluster_size=10, scale=scale, impl=impl,
+                          kernel=kernel)
     ref = dense_attention(q, k, v, scale=scale)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     for g, g_ref in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
@@ -182,7 +183,8 @@ def test_invalid_shapes_raise():
     with pytest.raises(ValueError, match=r"leading .* q \(2,\), k \(3,\)"):
         smyrf_attention(torch.randn(2, 8, 4), torch.randn(3, 8, 4), torch.randn(3, 8, 3), **kw)
     with pytest.raises(ValueError, match=r"projections must have shape \(d\+2, n_hashes\) = \(6, 1\)"):
-        smyrf_attention(torch.randn(2, 8, 4), torch.randn(2, 8, 4), torch.randn(2, 8, 3), projections=torch.randn(4, 1), **kw)
+        smyrf_attention(torch.randn(2, 8, 4), torch.randn(2, 8, 4), torch.randn(2, 8, 3),
+                        projections=torch.randn(4, 1), **kw)
 
 
 def test_determinism_and_global_rng_untouched():
