@@ -156,8 +156,9 @@ def test_divergence_stops_when_no_rollbacks_are_left(tmp_path, monkeypatch):
         _train(_cfg(tmp_path, "nan0", 2, ["log.every=1", "train.max_rollbacks=0"]))
 
 
-def test_bf16_autocast_step_is_finite(tmp_path):
-    state = _train(_cfg(tmp_path, "bf16", 1, ["runtime.precision=bf16", "train.ckpt_every=1", "train.accumulate=2"]))
+def test_bf16_accumulation_ortho_reg_step_is_finite(tmp_path):
+    state = _train(_cfg(tmp_path, "bf16", 1, ["runtime.precision=bf16", "train.ckpt_every=1", "train.accumulate=2",
+                                              "train.ortho_reg=1e-4"]))
     assert state["step"] == 1
     assert all(v.dtype != torch.bfloat16 for v in state["G"].values())  # weights stay fp32 under autocast
     stats = (tmp_path / "runs" / "bf16" / "stats.jsonl").read_text()

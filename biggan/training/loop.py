@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from biggan.config import Config, dump_config
 from biggan.errors import ConfigError
-from biggan.models import attention_gammas, spectral_norm_values
+from biggan.models import attention_gammas, orthogonal_regularization, spectral_norm_values
 from biggan.runtime import Runtime
 from biggan.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from biggan.training.logging import RunLogger, format_status
@@ -210,11 +210,9 @@ class _Trainer:
         st.ema.update(st.G_, st.step)
         rt.mark_step()
 
-    def _ortho_reg(self) -> None:
-        """BigGAN's orthogonal regulariser as an extra backward pass (gradients add onto G's)."""
-        from biggan.models import orthogonal_regularization
-
-        orthogonal_regularization(self.state.G_, self.cfg.train.ortho_reg).backward()
+    def _ortho_reg(self) -> torch.Tensor:
+        """BigGAN's orthogonal regulariser on G's weights, as a loss term."""
+        return orthogonal_regularization(self.state.G_, self.cfg.train.ortho_reg)
 
     # -- tick parts ---------------------------------------------------------------------------------------------------
 

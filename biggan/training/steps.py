@@ -102,7 +102,7 @@ def g_step(
     optimizer_step: Callable[[torch.optim.Optimizer], None],
     autocast: Callable[[], object],
     accumulate: int = 1,
-    regularize: Optional[Callable[[], None]] = None,
+    regularize: Optional[Callable[[], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """One G update through a frozen D; returns detached G statistics.
 
@@ -114,21 +114,23 @@ def g_step(
         z: fresh latents (B, dim_z); y: labels (B,) or None.
         loss_g: a G loss from :mod:`biggan.training.losses`.
         optimizer_step, autocast, accumulate: as in :func:`d_step`.
-        regularize: called after backward and before the step to add extra gradients (orthogonal regularisation).
+        regularize: returns an extra loss on G's weights (orthogonal regularisation), added once per update to the
+            first micro-batch's loss, so its gradient flows through the same backward (and the same DDP reducer).
     """
     set_requires_grad(G, True)
     set_requires_grad(D, False)
     opt_G.zero_grad(set_to_none=True)
     out = {"G": torch.zeros((), device=z.device)}
-    for z_mb, y_mb in zip(z.chunk(accumulate), _chunks(y, accumulate)):
+    for index, (z_mb, y_mb) in enumerate(zip(z.chunk(accumulate), _chunks(y, accumulate))):
         with autocast():
             x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
             d_fake = D(x_fake, y_mb)  # (B,)
         loss = loss_g(d_fake.float())
-        (loss / accumulate).backward()
+        total = loss / accumulate
+        if regularize is not None and index == 0:
+            total = total + regularize()
+        total.backward()
         out["G"] += loss.detach() / accumulate
-    if regularize is not None:
-        regularize()
     out["G_grad_norm"] = grad_norm(G)
     optimizer_step(opt_G)
     set_requires_grad(D, True)
