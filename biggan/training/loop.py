@@ -122,8 +122,8 @@ class _Trainer:
         if path is not None:
             self._restore(path)
         else:
-            self.log.text("config", dump_config(cfg))
             self.log.line(f"new run in {self.run_dir.root}: {cfg.train.total_steps} steps, global batch {self.global_batch}")
+        self.log.text("config", dump_config(cfg), st.step)  # each (re)start: a resumed run may change e.g. total_steps
         if st.step >= cfg.train.total_steps:
             self.log.line(f"already at step {st.step} >= train.total_steps {cfg.train.total_steps}; nothing to do")
             return 0
