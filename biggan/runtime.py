@@ -19,8 +19,8 @@ reads its own data shard of ``local_batch_size`` images and :meth:`Runtime.shard
 from the hosts' parts. Host 0 logs and writes checkpoints (parameters are replicated, so host copies are local).
 
 GAN + DDP rule: wrap G and D with :meth:`Runtime.wrap_model`; in the G step call the discriminator through
-:meth:`Runtime.unwrap` (D's gradients are not wanted there, and DDP would wait for them); in the D step call G
-through ``unwrap`` under ``torch.no_grad()``.
+:meth:`Runtime.unwrap` (D's gradients are not wanted there, and DDP would wait for them); in the D step G runs under
+``torch.no_grad()`` (wrapped or not: DDP prepares no gradient reduction without grad mode).
 """
 
 from __future__ import annotations
