@@ -3,7 +3,8 @@
     python benchmarks/attention.py [--quick] [--device cpu|cuda] [--dtype fp32|bf16] [--threads 2] [--out results.json]
 
 What it measures (smyrf.md sections 4, 5, 9; defect D8):
-- forward+backward median wall time and peak memory of dense naive (bmm + softmax, as BigGAN does), dense SDPA
+- forward+backward median wall time (and process CPU time, which a busy shared machine distorts less) and peak
+  memory of dense naive (bmm + softmax, as BigGAN does), dense SDPA
   (``scaled_dot_product_attention``) and SMYRF (fused path; ``smyrf-math`` = the matmul+softmax block kernel, which is
   how the CPU kernel choice was made). On CPU every (shape, implementation) runs in its own subprocess and the peak
   is the rise of peak RSS above the RSS after inputs are built; on CUDA it is the rise of max_memory_allocated, and
@@ -40,7 +41,7 @@ SHAPES = {
     "G128@64": (4096, 1024, 24, 96, 8, 256, 64),
     "G256@256": (65536, 16384, 12, 48, 4, 8192, 2048),
 }
-IMPLS = ("dense-naive", "dense-sdpa", "smyrf", "smyrf-math")
+IMPLS = ("dense-naive", "dense-sdpa", "smyrf", "smyrf-kdtree", "smyrf-math")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -48,8 +49,10 @@ def clustered_qkv(nq, nk, d, dv, batch, seed, dtype, device, n_centres=32, sprea
     """q and k tokens around shared centres (unit-variance centres, noise ``spread``); v Gaussian."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn(n_centres, d, generator=gen)  # (32, d)
-    q = centres[torch.randint(n_centres, (batch, nq), generator=gen)] + spread * torch.randn(batch, nq, d, generator=gen)
-    k = centres[torch.randint(n_centres, (batch, nk), generator=gen)] + spread * torch.randn(batch, nk, d, generator=gen)
+    q = centres[torch.randint(n_centres, (batch, nq), generator=gen)]  # (B, Nq, d)
+    k = centres[torch.randint(n_centres, (batch, nk), generator=gen)]  # (B, Nk, d)
+    q = q + spread * torch.randn(batch, nq, d, generator=gen)
+    k = k + spread * torch.randn(batch, nk, d, generator=gen)
     v = torch.randn(batch, nk, dv, generator=gen)
     return [x.to(device=device, dtype=dtype) for x in (q, k, v)]  # (B, Nq, d), (B, Nk, d), (B, Nk, dv)
 
@@ -61,8 +64,9 @@ def run_impl(impl, q, k, v, shape):
     if impl == "dense-sdpa":
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
     kernel = "math" if impl == "smyrf-math" else "auto"
+    hashing = "kdtree" if impl == "smyrf-kdtree" else "projection"
     return smyrf_attention(q, k, v, n_hashes=n_hashes, q_cluster_size=cq, k_cluster_size=ck, scale=1.0,
-                           generator=torch.Generator().manual_seed(0), kernel=kernel)
+                           generator=torch.Generator().manual_seed(0), kernel=kernel, hashing=hashing)
 
 
 def _rss_bytes() -> int:
@@ -80,20 +84,22 @@ def measure(impl, shape, batch, dtype, device, reps, warmup=1):
         base = torch.cuda.memory_allocated()
     else:
         base = _rss_bytes()
-    times = []
+    times, cpu_times = [], []
     for i in range(warmup + reps):
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run_impl(impl, q, k, v, shape).sum().backward()
         sync()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
         q.grad = k.grad = v.grad = None
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"time_s": statistics.median(times), "times_s": times, "peak_mb": peak / 2**20}
+    return {"time_s": statistics.median(times), "times_s": times, "cpu_s": statistics.median(cpu_times),
+            "peak_mb": peak / 2**20}
 
 
 def measure_isolated(args, impl, shape, reps):
@@ -127,20 +133,24 @@ def met_mass(q, k, perm_q, perm_k, cq, ck, chunk=2048):
     return total / (b * nq)
 
 
-def approximation_error(shape, seeds):
+def approximation_error(shape, seeds, hashings=("projection", "kdtree")):
     """Relative error and met mass of SMYRF on clustered fp32 inputs, one fresh projection seed per data seed."""
     nq, nk, d, dv, n_hashes, cq, ck = shape
-    errors, masses = [], []
+    errors = {h: [] for h in hashings}
+    masses = {h: [] for h in hashings}
     for seed in seeds:
         q, k, v = clustered_qkv(nq, nk, d, dv, 1, seed, torch.float32, "cpu")
         exact = dense_chunked(q, k, v)
-        out, (perm_q, perm_k) = smyrf_attention(q, k, v, n_hashes=n_hashes, q_cluster_size=cq, k_cluster_size=ck,
-                                                scale=1.0, generator=torch.Generator().manual_seed(seed),
-                                                return_clusters=True)
-        errors.append(((out - exact).norm() / exact.norm()).item())
-        masses.append(met_mass(q, k, perm_q, perm_k, cq, ck))
-    return {"rel_error_mean": statistics.mean(errors), "rel_error_std": statistics.stdev(errors),
-            "met_mass_mean": statistics.mean(masses), "seeds": list(seeds), "rel_errors": errors}
+        for hashing in hashings:
+            out, (perm_q, perm_k) = smyrf_attention(
+                q, k, v, n_hashes=n_hashes, q_cluster_size=cq, k_cluster_size=ck, scale=1.0, hashing=hashing,
+                generator=torch.Generator().manual_seed(seed), return_clusters=True,
+            )
+            errors[hashing].append(((out - exact).norm() / exact.norm()).item())
+            masses[hashing].append(met_mass(q, k, perm_q, perm_k, cq, ck))
+    return {h: {"rel_error_mean": statistics.mean(errors[h]), "rel_error_std": statistics.stdev(errors[h]),
+                "met_mass_mean": statistics.mean(masses[h]), "rel_errors": errors[h], "met_masses": masses[h],
+                "seeds": list(seeds)} for h in hashings}
 
 
 def scaling_sweep(args, sizes, reps):
@@ -161,6 +171,53 @@ def dense_bytes(shape, dtype) -> float:
     return 3 * nq * nk * torch.finfo(dtype).bits / 8
 
 
+def timing_table(args) -> dict:
+    """Time and memory of every implementation at the BigGAN shapes; prints the table, returns the rows."""
+    dtype = DTYPES[args.dtype]
+    reps = 2 if args.quick else 5
+    print(f"forward+backward, batch 1, {args.threads} threads, {args.dtype}, median of {reps} after 1 warm-up:")
+    print(f"{'shape':10} {'impl':12} {'time s':>8} {'cpu s':>8} {'peak MB':>9} {'time/sdpa':>9} {'mem/naive':>9}")
+    table = {}
+    for name, shape in SHAPES.items():
+        row = {}
+        for impl in IMPLS:
+            need = dense_bytes(shape, dtype)
+            if impl.startswith("dense") and need > args.dense_limit_gb * 2**30:
+                row[impl] = {"skipped": f"dense cannot run here (needs ~{need / 2**30:.1f} GB > --dense-limit-gb)"}
+            elif args.quick and (impl in ("smyrf-math", "smyrf-kdtree") and name != "G128@128"
+                                 or impl.startswith("dense") and name == "G256@256"):
+                row[impl] = {"skipped": "skipped in --quick"}
+            else:
+                row[impl] = measure_isolated(args, impl, shape, 1 if name == "G256@256" else reps)
+        for impl in IMPLS:  # after the whole row, so that every ratio has its dense reference
+            _print_row(name, impl, row)
+        table[name] = row
+    return table
+
+
+def _print_row(name: str, impl: str, row: dict) -> None:
+    r = row[impl]
+    if "time_s" not in r:
+        print(f"{name:10} {impl:12} {r.get('skipped') or r.get('error')}")
+        return
+    sdpa, naive = row.get("dense-sdpa", {}), row.get("dense-naive", {})
+    t_ratio = r["time_s"] / sdpa["time_s"] if "time_s" in sdpa else float("nan")
+    m_ratio = r["peak_mb"] / naive["peak_mb"] if "peak_mb" in naive else float("nan")
+    print(f"{name:10} {impl:12} {r['time_s']:8.3f} {r['cpu_s']:8.3f} {r['peak_mb']:9.1f} {t_ratio:9.2f} {m_ratio:9.2f}")
+
+
+def error_table(args) -> dict:
+    """Approximation error of both hashing schemes at equal score memory (same H, cq, ck)."""
+    print("relative error against exact dense, tokens around 32 centres, mean +- std over 5 seeds:")
+    table = {}
+    for name in ("G128@128", "G128@64") + (() if args.quick else ("G256@256",)):
+        table[name] = approximation_error(SHAPES[name], range(5))
+        for hashing, err in table[name].items():
+            print(f"{name:10} {hashing:10} rel. error {err['rel_error_mean']:.3f} +- {err['rel_error_std']:.3f}; "
+                  f"dense softmax mass on met keys {err['met_mass_mean']:.3f}")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes (< 5 min on 2 CPU cores)")
@@ -179,41 +236,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but torch.cuda.is_available() is False; run with --device cpu")
 
-    dtype = DTYPES[args.dtype]
-    reps = 2 if args.quick else 5
     results = {"device": args.device, "dtype": args.dtype, "threads": args.threads, "torch": torch.__version__,
-               "timing": {}, "error": {}, "sweep": None}
-    print(f"{'shape':10} {'impl':12} {'time s':>8} {'peak MB':>9} {'time/sdpa':>9} {'mem/naive':>9}")
-    for name in SHAPES:
-        row = {}
-        for impl in IMPLS:
-            too_big = impl.startswith("dense") and dense_bytes(SHAPES[name], dtype) > args.dense_limit_gb * 2**30
-            if impl == "smyrf-math" and args.quick:
-                row[impl] = {"skipped": "skipped in --quick"}
-            elif too_big or (args.quick and name == "G256@256" and impl != "smyrf"):
-                why = f"~{dense_bytes(SHAPES[name], dtype) / 2**30:.1f} GB" if too_big else "--quick"
-                row[impl] = {"skipped": f"dense cannot run here ({why})" if too_big else "skipped in --quick"}
-            else:
-                row[impl] = measure_isolated(args, impl, SHAPES[name], 1 if name == "G256@256" else reps)
-        results["timing"][name] = row
-        for impl, r in row.items():
-            if "time_s" not in r:
-                print(f"{name:10} {impl:12} {r.get('skipped') or r.get('error')}")
-                continue
-            t_ratio = r["time_s"] / row["dense-sdpa"]["time_s"] if "time_s" in row["dense-sdpa"] else float("nan")
-            m_ratio = r["peak_mb"] / row["dense-naive"]["peak_mb"] if "peak_mb" in row["dense-naive"] else float("nan")
-            print(f"{name:10} {impl:12} {r['time_s']:8.3f} {r['peak_mb']:9.1f} {t_ratio:9.2f} {m_ratio:9.2f}")
-
-    seeds = range(5)
-    for name in ("G128@128", "G128@64") + (() if args.quick else ("G256@256",)):
-        results["error"][name] = err = approximation_error(SHAPES[name], seeds)
-        print(f"{name:10} rel. error {err['rel_error_mean']:.3f} +- {err['rel_error_std']:.3f} "
-              f"(5 seeds, 32 centres); met dense mass {err['met_mass_mean']:.3f}")
-
+               "quick": args.quick, "timing": timing_table(args), "error": error_table(args)}
     sizes = [1024, 8192, 65536] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768, 65536]
     results["sweep"] = sweep = scaling_sweep(args, sizes, 1 if args.quick else 3)
-    print("sweep (cq=512, ck=128, H=4): " + ", ".join(
-        f"N={r['N']}: {r['time_s']:.3f}s" for r in sweep["rows"] if "time_s" in r) + f"; time ~ N^{sweep['exponent']:.2f}")
+    points = ", ".join(f"N={r['N']}: {r['time_s']:.3f}s" for r in sweep["rows"] if "time_s" in r)
+    print(f"sweep (cq=512, ck=128, H=4): {points}; time ~ N^{sweep['exponent']:.2f}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
