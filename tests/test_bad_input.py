@@ -182,7 +182,7 @@ CASES: list[Case] = [
     Case("config: missing config file", lambda c: c.train(extra=("--config", str(c.case_dir / "nope.yaml"))),
          ("nope.yaml",)),
     Case("config: YAML syntax error",
-         lambda c: c.train(extra=("--config", str(c.file("bad.yaml", "model: {res: [32"))))),
+         lambda c: c.train(extra=("--config", str(c.file("bad.yaml", "model: {res: [32")))),
          ("bad.yaml",)),
     Case("config: wrong type (int)", lambda c: c.train("train.batch_size=four"), ("train.batch_size", "int")),
     Case("config: wrong type (bool)", lambda c: c.train("data.xflip=maybe"), ("data.xflip", "bool")),
