@@ -210,6 +210,38 @@ def test_cli_stats_file_and_folder_agree(tmp_path, random_weights, monkeypatch, 
     assert abs(float(cli(str(tmp_path / "a.npz"), str(tmp_path / "a.npz")).split()[-1])) < 1e-4
 
 
+def test_evaluator_computes_reference_once_and_refuses_foreign_stats(tmp_path, random_weights):
+    """build_fid_evaluator: dataset stats computed next to the dataset, reused, recomputed for new weights;
+    a user-given file made by another extractor is refused."""
+    import shutil
+
+    from biggan.data import PreparedDataset, ensure_synthetic_dataset
+    from biggan.errors import DataError
+    from biggan.fid import build_fid_evaluator
+
+    dataset = PreparedDataset(ensure_synthetic_dataset(tmp_path, 16, 12, seed=0), 16)
+    cfg = FIDConfig(every=1, num_samples=12, batch_size=6, dims=64, weights_path=str(random_weights))
+    evaluator = build_fid_evaluator(cfg, dataset, "cpu")
+    path = dataset.reference_stats_path(64)
+    assert evaluator.name == "fid12_d64" and evaluator.ref.path == path and evaluator.ref.n == 12
+    assert evaluator.identity["extractor"] == evaluator.extractor.identity
+    mtime = path.stat().st_mtime_ns
+    build_fid_evaluator(cfg, dataset, "cpu")
+    assert path.stat().st_mtime_ns == mtime  # reused
+    real_images = iter(dataset.get_batch(np.arange(12)).split(6))
+    assert abs(evaluator(lambda n: next(real_images))) < 1e-3  # the dataset against itself
+
+    other = tmp_path / "other.pth"
+    shutil.copy(random_weights, other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # same tensors, another file: another identity
+    cfg_other = FIDConfig(every=1, num_samples=12, batch_size=6, dims=64, weights_path=str(other))
+    with pytest.raises(DataError, match="were made by"):
+        build_fid_evaluator(FIDConfig(**{**cfg_other.__dict__, "ref_stats": str(path)}), dataset, "cpu")
+    build_fid_evaluator(cfg_other, dataset, "cpu")  # the dataset's own file is recomputed instead
+    assert load_stats(path).extractor != evaluator.extractor.identity
+
+
 # --- real network -----------------------------------------------------------------------------------------------------
 
 def test_fid_matches_pytorch_fid_small_dims(tmp_path):
