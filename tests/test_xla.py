@@ -114,6 +114,19 @@ def test_training_steps_on_xla_match_cpu_eager(results: dict) -> None:
     _assert_losses_close(single["losses"], single["cpu_losses"], rel=1e-3)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="torch-xla 2.9 has no lowering for aten::upsample_nearest2d_backward (F.interpolate in G's up-sampling): it "
+    "runs on the host and reads tensors back every step; remove this mark once biggan/models up-samples with "
+    "expand + reshape",
+)
+def test_training_step_stays_on_device(results: dict) -> None:
+    """No op falls back to the host and nothing is read back inside the steps (values are read in the tick)."""
+    single = results["single"]
+    assert single["cpu_fallback_ops"] == []
+    assert single["host_reads_in_steps"] == 0
+
+
 def test_spmd_over_two_devices_matches_one_device(results: dict) -> None:
     spmd, single = results["spmd"], results["single"]
     assert (spmd["num_devices"], spmd["world_size"], spmd["local_batch"]) == (2, 1, checks.GLOBAL_BATCH)
