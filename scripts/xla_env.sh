@@ -10,7 +10,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 req="$root/requirements/xla.txt"
-key="$(sha256sum "$req" | cut -c1-16)"
+key="$( (sha256sum "$req" 2>/dev/null || shasum -a 256 "$req") | cut -c1-16)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/smyrf-biggan"
 venv="$cache/venv-xla-$key"
 
