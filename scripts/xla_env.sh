@@ -24,7 +24,7 @@ if ! ready; then
     tmp="$(mktemp -d "$cache/.venv-xla-build.XXXXXX")"
     trap 'rm -rf "$tmp"' EXIT
     echo "xla_env: creating $venv from $req (~4 GB download, a few minutes)" >&2
-    "${PYTHON:-python3}" -m venv "$tmp"
+    "${PYTHON:-python3}" -m venv --prompt "venv-xla-$key" "$tmp"
     "$tmp/bin/python" -m pip install --quiet --progress-bar off --upgrade pip >&2
     "$tmp/bin/python" -m pip install --quiet --progress-bar off -r "$req" >&2
     "$tmp/bin/python" -c "import torch, torch_xla, torchvision" >&2
