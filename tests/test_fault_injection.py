@@ -65,7 +65,8 @@ def test_store_survives_sigkill_during_writes(tmp_path: Path) -> None:
         state = load_checkpoint(latest, required=("step", "G"))
         assert torch.all(state["G"]["w"] == float(state["step"]))  # complete and self-consistent
         steps = [s for s, _ in list_step_checkpoints(ckpt_dir)]
-        assert state["step"] == steps[-1] and len(steps) <= 3  # keep_last (+ the one being written when killed)
+        # latest.pt is the newest step file, or the one before if the kill fell between its rename and latest's update
+        assert state["step"] in steps[-2:] and len(steps) <= 3, (state["step"], steps)
     assert survived == 8
 
 
