@@ -7,6 +7,7 @@ global batch that the ranks split. Checks: parameters are identical on every ran
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests/ddp/worker.py is imported for the in-process one-process reference
 WORKER = ROOT / "tests" / "ddp" / "worker.py"
 B, STEPS = 8, 2  # global batch; D+G steps (the second step's losses see the first step's updates)
 
@@ -59,10 +59,11 @@ def _assert_states(a: dict, b: dict, exact: bool, buffers: bool = True) -> None:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, float]], dict]:
     """One process, the whole batch B (run in this process: no rank variables are set here)."""
-    from tests.ddp.worker import run
-
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)  # tests/ is not a package
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
     out = tmp_path_factory.mktemp("ref")
-    run(out, batch=B, steps=STEPS, variants=["plain"])
+    worker.run(out, batch=B, steps=STEPS, variants=["plain"])
     losses, states = _load(out / "plain")
     return losses, states[0]
 

@@ -11,12 +11,13 @@ If the venv cannot be created (no network), the tests fail under CI (``CI=true``
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -25,8 +26,17 @@ from biggan.models import build_discriminator, build_generator
 from biggan.training.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.xla import checks  # noqa: E402  (the model config and checkpoint layout shared with the XLA side)
+
+
+def _load_module(path: Path) -> ModuleType:
+    """Import a helper script by path (``tests`` is not a package, and another ``tests`` may be installed)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+checks = _load_module(ROOT / "tests" / "xla" / "checks.py")  # model config and checkpoint layout of the XLA side
 
 pytestmark = [pytest.mark.xla, pytest.mark.slow]
 
