@@ -10,7 +10,8 @@ flags. Defaults are the issue's comparison: BigGAN-128, ch 96, one class (``smyr
 
 Each case runs in its own subprocess (so its peak belongs to it alone) through the trainer's ``d_step``/``g_step`` and
 the runtime seam. Warm-up steps (allocator pools, lazy init, cuDNN autotuning) are excluded: the peak is reset after
-them and time is the median of the timed steps, each closed by a device synchronisation.
+them and time is the median of the timed steps, each closed by a device synchronisation. The process CPU time of the
+same steps is reported too: on a busy shared CPU machine it is distorted less than wall time.
 - CPU peak: the process's peak RSS during the timed steps (VmHWM after a reset), i.e. weights + optimiser state +
   activations, like the reference numbers in the README; "rise" is that peak minus the RSS at the reset. glibc's mmap
   threshold is fixed so that freed buffers leave RSS.
@@ -92,14 +93,15 @@ def measure(case: str, args: argparse.Namespace) -> dict:
     rt.synchronize()
     rt.reset_peak_memory()
     base = torch.cuda.memory_allocated(rt.device) if rt.kind == "cuda" else rt.peak_memory_bytes()
-    times = []
+    times, cpu_times = [], []
     for _ in range(args.steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = rt.peak_memory_bytes()
-    return {"case": case, "median_s": statistics.median(times), "times_s": times, "peak_bytes": peak,
-            "rise_bytes": peak - base}
+    return {"case": case, "median_s": statistics.median(times), "times_s": times,
+            "median_cpu_s": statistics.median(cpu_times), "peak_bytes": peak, "rise_bytes": peak - base}
 
 
 def run_case(case: str, args: argparse.Namespace, argv: list[str]) -> dict:
@@ -118,12 +120,14 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print(f"train step (1 D + 1 G), config {args.config}, batch {args.batch}, ch {args.ch or 'from config'}, "
           f"{args.conditioning}, {args.device} {args.precision}, {args.threads or 'default'} threads, "
           f"torch {torch.__version__}; ratios vs {ref['case'] if ref else '-'}")
-    print(f"{'case':<12}{'median s':>10}{'x time':>8}{'peak GiB':>10}{'x peak':>8}{'rise GiB':>10}")
+    print(f"{'case':<12}{'median s':>10}{'x time':>8}{'cpu s':>9}{'x cpu':>7}{'peak GiB':>10}{'x peak':>8}"
+          f"{'rise GiB':>10}")
     for r in results:
         if "error" in r:
             print(f"{r['case']:<12}  error: {r['error']}")
             continue
         print(f"{r['case']:<12}{r['median_s']:>10.3f}{r['median_s'] / ref['median_s']:>8.2f}"
+              f"{r['median_cpu_s']:>9.2f}{r['median_cpu_s'] / ref['median_cpu_s']:>7.2f}"
               f"{r['peak_bytes'] / 2**30:>10.2f}{r['peak_bytes'] / ref['peak_bytes']:>8.2f}"
               f"{r['rise_bytes'] / 2**30:>10.2f}")
     for case, base, key, limit in TARGETS:
