@@ -122,3 +122,18 @@ def test_configure_switches_kind_in_place_and_checks_sizes() -> None:
         block.configure(AttentionConfig(res=16, kind="smyrf", n_hashes=4))
     with pytest.raises(ConfigError, match="multiple of 8"):
         _attention(12, 16)
+
+
+def test_upsample_nearest2x_equals_interpolate_in_values_and_gradients() -> None:
+    import torch.nn.functional as F
+
+    from biggan.models.blocks import upsample_nearest2x
+
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    ours = upsample_nearest2x(x)
+    (grad_ours,) = torch.autograd.grad((ours * weight).sum(), x)
+    ref = F.interpolate(x, scale_factor=2, mode="nearest")
+    (grad_ref,) = torch.autograd.grad((ref * weight).sum(), x)
+    assert torch.equal(ours, ref)
+    assert torch.allclose(grad_ours, grad_ref, rtol=0, atol=1e-12)

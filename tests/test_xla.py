@@ -124,12 +124,6 @@ def test_training_steps_on_xla_match_cpu_eager(results: dict) -> None:
     _assert_losses_close(single["losses"], single["cpu_losses"], rel=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch-xla 2.9 has no lowering for aten::upsample_nearest2d_backward (F.interpolate in G's up-sampling): it "
-    "runs on the host and reads tensors back every step; remove this mark once biggan/models up-samples with "
-    "expand + reshape",
-)
 def test_training_step_stays_on_device(results: dict) -> None:
     """No op falls back to the host and nothing is read back inside the steps (values are read in the tick)."""
     single = results["single"]

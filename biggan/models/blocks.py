@@ -20,7 +20,18 @@ from torch import nn
 from biggan.models.conditioning import ConditionalBatchNorm2d, EncoderFactory
 from biggan.models.spectral_norm import SNConv2d
 
-__all__ = ["GBlock", "DBlock"]
+__all__ = ["GBlock", "DBlock", "upsample_nearest2x"]
+
+
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """2x nearest-neighbour upsampling, (B, C, h, w) -> (B, C, 2h, 2w), equal to ``F.interpolate(mode="nearest")``.
+
+    Written as expand + reshape because torch-xla 2.9 has no device lowering for the backward of
+    ``upsample_nearest2d``: it would run on the host and read tensors back every step. The backward of ``expand`` is a
+    sum, which every backend lowers.
+    """
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)  # (B, C, 2h, 2w)
 
 
 class GBlock(nn.Module):
@@ -47,10 +58,10 @@ class GBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn1(x, c))
-        h = F.interpolate(h, scale_factor=2, mode="nearest")  # (B, in, 2h, 2w)
+        h = upsample_nearest2x(h)  # (B, in, 2h, 2w)
         h = self.conv1(h)
         h = self.conv2(F.relu(self.bn2(h, c)))
-        shortcut = self.conv_sc(F.interpolate(x, scale_factor=2, mode="nearest"))  # (B, out, 2h, 2w)
+        shortcut = self.conv_sc(upsample_nearest2x(x))  # (B, out, 2h, 2w)
         return h + shortcut
 
 
