@@ -137,3 +137,18 @@ def test_upsample_nearest2x_equals_interpolate_in_values_and_gradients() -> None
     (grad_ref,) = torch.autograd.grad((ref * weight).sum(), x)
     assert torch.equal(ours, ref)
     assert torch.allclose(grad_ours, grad_ref, rtol=0, atol=1e-12)
+
+
+def test_kdtree_hashing_is_selectable_per_layer_and_dense_rejects_it() -> None:
+    spec = AttentionConfig(res=8, kind="smyrf", n_hashes=2, q_cluster_size=16, k_cluster_size=4, hashing="kdtree")
+    layer = SelfAttention2d(16, spec, eval_seed=1, train_seed=2, sn_iters=1, sn_eps=1e-6, where="test").eval()
+    with torch.no_grad():
+        layer.gamma.fill_(1.0)
+        x = torch.randn(2, 16, 8, 8)
+        kdtree = layer(x)
+        layer.configure(AttentionConfig(res=8, kind="smyrf", n_hashes=2, q_cluster_size=16, k_cluster_size=4))
+        projection = layer(x)
+    assert "hashing=kdtree" not in repr(layer) and kdtree.shape == projection.shape
+    assert not torch.equal(kdtree, projection)  # the two schemes form different clusters
+    with pytest.raises(ConfigError, match="hashing"):
+        AttentionConfig(res=8, kind="dense", hashing="kdtree").validate("test")

@@ -108,7 +108,7 @@ class SelfAttention2d(nn.Module):
             return f"res={self.res}, kind=dense"
         return (
             f"res={self.res}, kind=smyrf, n_hashes={spec.n_hashes}, q_cluster_size={spec.q_cluster_size}, "
-            f"k_cluster_size={spec.k_cluster_size}"
+            f"k_cluster_size={spec.k_cluster_size}, hashing={spec.hashing or 'projection'}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,6 +131,7 @@ class SelfAttention2d(nn.Module):
                 k_cluster_size=self.spec.k_cluster_size,
                 scale=1.0,
                 generator=generator,
+                hashing=self.spec.hashing or "projection",
             )  # (B, Nq, dv)
         out = out.transpose(1, 2).reshape(b, c // 2, h, w)  # (B, dv, h, w)
         return x + self.gamma * self.o(out)

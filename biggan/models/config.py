@@ -27,12 +27,14 @@ class AttentionConfig:
     n_hashes: Optional[int] = None  # smyrf only: hash rounds H
     q_cluster_size: Optional[int] = None  # smyrf only: queries per cluster cq; must divide res²
     k_cluster_size: Optional[int] = None  # smyrf only: keys per cluster ck; must divide res²/4 (keys are 2x2-pooled)
+    hashing: Optional[Literal["projection", "kdtree"]] = None  # smyrf only: None/projection = the paper's hashing;
+    # kdtree = a balanced k-d tree per round (lower error at equal score memory, see smyrf.hashing)
 
     def validate(self, where: str = "attention") -> None:
         """Kind-specific keys present exactly when they act; positive values."""
         if self.res < 2:
             raise ConfigError(f"{where}: res must be >= 2, got {self.res}")
-        given = [key for key in _SMYRF_KEYS if getattr(self, key) is not None]
+        given = [key for key in (*_SMYRF_KEYS, "hashing") if getattr(self, key) is not None]
         if self.kind == "dense" and given:
             raise ConfigError(
                 f"{where} (res {self.res}) is dense: {', '.join(given)} act only with kind: smyrf; remove them"
