@@ -7,30 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan.config import load_config
 from biggan.runtime import Runtime
 from biggan.training import loop
 from biggan.training.checkpoint import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture
+def make_cfg(tiny_config, tmp_path):
+    """``make_cfg(name, steps, *extra)``: tests/conftest.py's tiny config with a short EMA, ticks every 2 steps and 24
+    images (6 batches per epoch, so runs of a few steps cross an epoch boundary), in ``tmp_path``."""
 
+    def make(name: str, steps: int, *extra: str):
+        return tiny_config(tmp_path, steps, f"name={name}", "data.synthetic_num_images=24", "train.ema_start=1",
+                           "train.ema_decay=0.5", "log.every=2", *extra)
 
-def _cfg(tmp: Path, name: str, steps: int, extra: list[str] = ()):
-    return load_config(ROOT / "configs" / "demo.yaml", [
-        f"name={name}", f"out_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}", "data.synthetic_num_images=24",
-        "runtime.kind=cpu", "runtime.threads=1", "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", "train.num_d_steps=2", f"train.total_steps={steps}",
-        "train.ckpt_every=2", "train.ema_start=1", "train.ema_decay=0.5", "log.every=2", "log.sample_every=100",
-        "log.num_samples=4", "log.progress_bar=false", "fid.every=0", *extra,
-    ])
+    return make
 
 
 def _train(cfg, resume=None) -> dict:
@@ -55,15 +48,15 @@ def _assert_identical(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, make_cfg):
     # 24 images / batch 4 = 6 batches per epoch, 2 per step: the data order crosses an epoch boundary at step 3.
-    straight = _train(_cfg(tmp_path, "straight", 4))
+    straight = _train(make_cfg("straight", 4))
 
-    half = _train(_cfg(tmp_path, "halves", 2))
+    half = _train(make_cfg("halves", 2))
     assert half["step"] == 2
     saved = tmp_path / "half.pt"
     saved.write_bytes((tmp_path / "runs" / "halves" / "checkpoints" / "latest.pt").read_bytes())
-    resumed = _train(_cfg(tmp_path, "halves", 4))  # the same command with more steps: auto-resume from latest.pt
+    resumed = _train(make_cfg("halves", 4))  # the same command with more steps: auto-resume from latest.pt
     log = (tmp_path / "runs" / "halves" / "log.txt").read_text()
     assert "resumed from" in log and "at step 2" in log
 
@@ -74,22 +67,22 @@ def test_resume_is_bit_identical(tmp_path):
         _assert_identical(straight[key], resumed[key], key)
 
     # Explicit --resume PATH into another run directory continues from that file's step, identically.
-    explicit = _train(_cfg(tmp_path, "explicit", 4), resume=str(saved))
+    explicit = _train(make_cfg("explicit", 4), resume=str(saved))
     _assert_identical(straight["G_ema"], explicit["G_ema"], "G_ema")
     _assert_identical(straight["opt_D"], explicit["opt_D"], "opt_D")
 
 
-def test_resume_refuses_another_architecture(tmp_path):
+def test_resume_refuses_another_architecture(make_cfg):
     from biggan.errors import CheckpointError
 
-    _train(_cfg(tmp_path, "arch", 1, ["train.ckpt_every=1"]))
+    _train(make_cfg("arch", 1, "train.ckpt_every=1"))
     with pytest.raises(CheckpointError, match=r"different model config \(model\.G differ"):
-        _train(_cfg(tmp_path, "arch", 2, ["model.G.ch=16"]))
+        _train(make_cfg("arch", 2, "model.G.ch=16"))
 
 
-def test_already_finished_run_is_a_no_op(tmp_path):
-    _train(_cfg(tmp_path, "done", 1, ["train.ckpt_every=1"]))
-    again = _train(_cfg(tmp_path, "done", 1, ["train.ckpt_every=1"]))
+def test_already_finished_run_is_a_no_op(tmp_path, make_cfg):
+    _train(make_cfg("done", 1, "train.ckpt_every=1"))
+    again = _train(make_cfg("done", 1, "train.ckpt_every=1"))
     assert again["step"] == 1
     assert "nothing to do" in (tmp_path / "runs" / "done" / "log.txt").read_text()
 
@@ -115,9 +108,9 @@ class _SignalAfter:
         return self.reads > self.n
 
 
-def test_preemption_checkpoints_the_current_step_and_exits_0(tmp_path, monkeypatch):
+def test_preemption_checkpoints_the_current_step_and_exits_0(tmp_path, make_cfg, monkeypatch):
     monkeypatch.setattr(loop, "PreemptionHandler", _SignalAfter(2))  # set during step 2's tick
-    cfg = _cfg(tmp_path, "preempt", 4, ["train.ckpt_every=100"])
+    cfg = make_cfg("preempt", 4, "train.ckpt_every=100")
     state = _train(cfg)
     assert state["step"] == 2
     assert "stopped by SIGTERM at step 2" in (tmp_path / "runs" / "preempt" / "log.txt").read_text()
@@ -139,27 +132,81 @@ def _nan_on_call(k: int):
     return {"hinge": (hinge_d, loss_g)}
 
 
-def test_divergence_rolls_back_to_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_divergence_rolls_back_to_the_last_good_checkpoint(tmp_path, make_cfg, monkeypatch):
     monkeypatch.setattr(loop, "LOSSES", _nan_on_call(3))
-    state = _train(_cfg(tmp_path, "nan", 4, ["log.every=1", "train.ckpt_every=2"]))
+    state = _train(make_cfg("nan", 4, "log.every=1", "train.ckpt_every=2"))
     log = (tmp_path / "runs" / "nan" / "log.txt").read_text()
     assert "rolling back to" in log and "resumed from" in log
     assert state["step"] == 4
     assert all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
 
 
-def test_divergence_stops_when_no_rollbacks_are_left(tmp_path, monkeypatch):
+def test_divergence_stops_when_no_rollbacks_are_left(make_cfg, monkeypatch):
     from biggan.training.resilience import DivergenceError
 
     monkeypatch.setattr(loop, "LOSSES", _nan_on_call(1))
     with pytest.raises(DivergenceError, match="non-finite loss or gradient at step 1"):
-        _train(_cfg(tmp_path, "nan0", 2, ["log.every=1", "train.max_rollbacks=0"]))
+        _train(make_cfg("nan0", 2, "log.every=1", "train.max_rollbacks=0"))
 
 
-def test_bf16_accumulation_ortho_reg_step_is_finite(tmp_path):
-    state = _train(_cfg(tmp_path, "bf16", 1, ["runtime.precision=bf16", "train.ckpt_every=1", "train.accumulate=2",
-                                              "train.ortho_reg=1e-4"]))
+def test_bf16_accumulation_ortho_reg_step_is_finite(tmp_path, make_cfg):
+    state = _train(make_cfg("bf16", 1, "runtime.precision=bf16", "train.ckpt_every=1", "train.accumulate=2",
+                            "train.ortho_reg=1e-4"))
     assert state["step"] == 1
     assert all(v.dtype != torch.bfloat16 for v in state["G"].values())  # weights stay fp32 under autocast
     stats = (tmp_path / "runs" / "bf16" / "stats.jsonl").read_text()
     assert "NaN" not in stats and "Infinity" not in stats
+
+
+def test_nan_before_the_first_checkpoint_is_not_counted_as_a_rollback(make_cfg, monkeypatch):
+    from biggan.training.resilience import DivergenceError
+
+    monkeypatch.setattr(loop, "LOSSES", _nan_on_call(1))  # step 1; the first checkpoint would be at step 2
+    with pytest.raises(DivergenceError, match="at step 1, before the first checkpoint") as info:
+        _train(make_cfg("nan_early", 2, "log.every=1", "train.max_rollbacks=3"))
+    assert "rollback(s)" not in str(info.value)
+
+
+def _nan_when_replayed(first_call: int, trigger: str):
+    """A D step whose statistics are NaN at call ``first_call`` and whenever the same ``trigger`` input (the real
+    batch, or z) comes back: a divergence caused by particular data or latents, which a replay would hit again."""
+    real_d_step, seen = loop.d_step, {"calls": 0, "input": None}
+
+    def d_step(G, D, opt_D, x_real, z, *rest):
+        seen["calls"] += 1
+        out = real_d_step(G, D, opt_D, x_real, z, *rest)
+        value = x_real if trigger == "data" else z
+        if seen["calls"] == first_call:
+            seen["input"] = value.clone()
+        if seen["input"] is not None and torch.equal(value, seen["input"]):
+            out = {key: v * float("nan") for key, v in out.items()}
+        return out
+
+    return d_step
+
+
+@pytest.mark.parametrize("trigger", ["data", "z"])
+def test_rollback_reseeds_data_and_z_so_the_retry_differs(tmp_path, make_cfg, monkeypatch, trigger):
+    import json
+
+    monkeypatch.setattr(loop, "d_step", _nan_when_replayed(5, trigger))  # 2 D steps per step: step 3's first
+    state = _train(make_cfg("replay", 4, "log.every=1", "train.max_rollbacks=1"))
+    assert state["step"] == 4 and state["divergence"] == {"rollbacks": 1}
+    run = tmp_path / "runs" / "replay"
+    assert "rolling back to" in (run / "log.txt").read_text()
+    stats = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["divergence/rollbacks"]) for s in stats] == [(1, 0), (2, 0), (3, 1), (3, 1), (4, 1)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("divergence/rollbacks")][-3:] == [(3, 1.0), (3, 1.0), (4, 1.0)]
+
+    # The count survives a restart (it seeds the data order, so a resumed run continues the same stream) ...
+    monkeypatch.undo()
+    assert _train(make_cfg("replay", 6, "train.max_rollbacks=1"))["divergence"] == {"rollbacks": 1}
+    # ... and a checkpoint written before the count was saved still resumes, with the count at 0.
+    old = load_checkpoint(run / "checkpoints" / "latest.pt")
+    del old["divergence"]
+    torch.save(old, tmp_path / "old.pt")
+    assert _train(make_cfg("old", 7), resume=str(tmp_path / "old.pt"))["divergence"] == {"rollbacks": 0}

@@ -19,8 +19,9 @@ with ``torch.load(weights_only=True)``. That loader refuses any pickle that woul
 opening a checkpoint from someone else can never execute code (a full pickle can run anything on load). Keys
 (``FORMAT_VERSION`` 1): ``format_version``, ``config`` (resolved config as a dict), ``model_args``, ``step``,
 ``images_seen``, ``best_fid``, ``G``, ``D``, ``G_ema`` (state dicts; ``G_ema`` may be None), ``opt_G``, ``opt_D``
-(optimizer state dicts), ``rng``, ``data`` (batch stream state), ``attention_rng`` (SMYRF projection generators).
-Writers may add keys; readers ignore extras.
+(optimizer state dicts), ``rng``, ``data`` (batch stream state), ``attention_rng`` (SMYRF projection generators);
+optional: ``divergence`` (the divergence guard's rollback count; older files lack it). Writers may add keys; readers
+ignore extras.
 """
 
 from __future__ import annotations

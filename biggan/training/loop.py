@@ -5,8 +5,12 @@ fresh z; the EMA update; ``runtime.mark_step()``. The returned statistics are su
 
 Tick (every ``log.every`` steps, and whenever samples, FID or a checkpoint are due, at the end, or on preemption):
 one ``runtime.reduce_mean`` reads the summed statistics, the finiteness flag, attention gammas and top singular
-values; then the status line, ``stats.jsonl`` and TensorBoard; the divergence guard (roll back to the last good
-checkpoint); fixed-z sample grids of G_ema and G; FID of G_ema; the checkpoint. Only rank 0 writes files.
+values; the divergence guard (roll back to the last good checkpoint, re-seeding data order and z by the rollback
+count; its count is the ``divergence/rollbacks`` scalar); then the status line, ``stats.jsonl`` and TensorBoard;
+fixed-z sample grids of G_ema and G; FID of G_ema; the checkpoint. Only rank 0 writes files.
+
+``config.yaml`` is written only once the models, data, FID weights and any resumed checkpoint were accepted, so a
+mistaken command never overwrites the description of an existing run.
 
 Progress is counted in G steps and in real images shown to D (``images_seen``; ``kimg`` in the status line).
 """
@@ -28,7 +32,7 @@ from biggan.runtime import Runtime
 from biggan.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from biggan.training.logging import RunLogger, format_status
 from biggan.training.losses import LOSSES
-from biggan.training.resilience import DivergenceGuard, FiniteMonitor, PreemptionHandler
+from biggan.training.resilience import FiniteMonitor, PreemptionHandler
 from biggan.training.run_dir import RunDir
 from biggan.training.sampling import generate, latents_for_seeds, save_grid, to_uint8
 from biggan.training.state import TrainingState
@@ -77,8 +81,7 @@ def run(cfg: Config, runtime: Runtime, resume: Optional[str] = None, echo: bool 
         raise ConfigError("conditioning 'class' needs labelled data, which no dataset kind provides; use zhier")
     run_dir = RunDir.for_run(cfg.out_dir, cfg.name)
     if runtime.is_main:
-        run_dir.create()
-        run_dir.write_config(dump_config(cfg))
+        run_dir.create()  # config.yaml comes later: only after the models, data and checkpoint were accepted
     runtime.barrier()
     logger = RunLogger(run_dir, enabled=runtime.is_main, echo=echo)
     try:
@@ -107,13 +110,12 @@ class _Trainer:
             self.fid = build_fid_evaluator(cfg.fid, self.dataset, runtime.device, compute_missing=runtime.is_main)
         if runtime.is_main:
             runtime.barrier()
-        self.guard = DivergenceGuard(cfg.train.max_rollbacks)
         self.global_batch = cfg.train.batch_size * runtime.num_devices
 
     # -- resume -------------------------------------------------------------------------------------------------------
 
-    def _restore(self, path: Path) -> None:
-        self.state.load_state_dict(load_checkpoint(path), str(path))
+    def _restore(self, path: Path, rollback: bool = False) -> None:
+        self.state.load_state_dict(load_checkpoint(path), str(path), rollback=rollback)
         self.log.line(f"resumed from {path} at step {self.state.step} ({self.state.images_seen / 1000:.1f} kimg)")
 
     def train(self, resume: Optional[str]) -> int:
@@ -123,6 +125,8 @@ class _Trainer:
             self._restore(path)
         else:
             self.log.line(f"new run in {self.run_dir.root}: {cfg.train.total_steps} steps, global batch {self.global_batch}")
+        if self.runtime.is_main:  # everything was accepted: now this invocation may describe the run
+            self.run_dir.write_config(dump_config(cfg))
         self.log.text("config", dump_config(cfg), st.step)  # each (re)start: a resumed run may change e.g. total_steps
         if st.step >= cfg.train.total_steps:
             self.log.line(f"already at step {st.step} >= train.total_steps {cfg.train.total_steps}; nothing to do")
@@ -159,6 +163,9 @@ class _Trainer:
             stats, finite, preempted = self._read_stats(acc, monitor, preempt.requested)
             stats.update(self._speed_stats(now - tick_start, step - tick_step, maintenance))
             acc, monitor = _Accumulator(), FiniteMonitor(rt.device)
+            last_good = None if finite else find_latest(self.run_dir.checkpoints)
+            decision = st.guard.check(finite, can_roll_back=last_good is not None)
+            stats["divergence/rollbacks"] = float(st.guard.rollbacks)  # cumulative, so every rollback shows as a step
             self.log.stats(step, stats)
             line = format_status(step, cfg.train.total_steps, stats)
             if bar.disable:
@@ -167,11 +174,11 @@ class _Trainer:
                 bar.set_postfix_str(f"img/s {stats['speed/img_per_sec']:.1f}", refresh=False)
                 bar.write(line)
                 self.log.line(line, echo=False)
-            decision = self.guard.check(finite)
             if decision == "stop":
-                raise self.guard.stop_error(step)
+                self.log.flush()
+                raise st.guard.stop_error(step, can_roll_back=last_good is not None)
             if decision == "rollback":
-                self._rollback(step)
+                self._rollback(step, last_good)
                 tick_start, tick_step, maintenance = time.perf_counter(), st.step, 0.0
                 continue
             stopping = stopping or preempted
@@ -296,11 +303,12 @@ class _Trainer:
             save_checkpoint(self.state.state_dict(), self.run_dir.checkpoints, step, self.cfg.train.keep_last, best=best)
         self.runtime.barrier()
 
-    def _rollback(self, step: int) -> None:
-        """Non-finite values in the last tick: reload the last good checkpoint (only finite states are saved)."""
-        path = find_latest(self.run_dir.checkpoints)
-        if path is None:
-            raise self.guard.stop_error(step)
+    def _rollback(self, step: int, path: Path) -> None:
+        """Non-finite values in the last tick: reload the last good checkpoint (only finite states are saved).
+
+        The data order and z are then re-seeded by the rollback count, so the retry differs from the diverged attempt.
+        """
+        guard = self.state.guard
         self.log.line(f"non-finite loss or gradient before step {step}: rolling back to {path} "
-                      f"(rollback {self.guard.rollbacks}/{self.guard.max_rollbacks})")
-        self._restore(path)
+                      f"(rollback {guard.rollbacks}/{guard.max_rollbacks}; data order and z re-seeded)")
+        self._restore(path, rollback=True)

@@ -145,7 +145,8 @@ class DivergenceGuard:
 
     The rollback count is deliberately cumulative over the whole run: a run that keeps diverging must eventually stop.
     Save ``state_dict()`` in checkpoints so that a restarted process keeps counting, but do NOT restore it when rolling
-    back (that would reset the count and loop forever).
+    back (that would reset the count and loop forever). The count also seeds the retry (see
+    :meth:`TrainingState.load_state_dict`), so a NaN caused by one particular batch or z is not replayed identically.
     """
 
     def __init__(self, max_rollbacks: int) -> None:
@@ -154,20 +155,29 @@ class DivergenceGuard:
         self.max_rollbacks = max_rollbacks
         self.rollbacks = 0
 
-    def check(self, all_finite: bool) -> Decision:
-        """``"ok"`` when finite; otherwise ``"rollback"`` while rollbacks remain (and counts it), else ``"stop"``."""
+    def check(self, all_finite: bool, can_roll_back: bool = True) -> Decision:
+        """``"ok"`` when finite; otherwise ``"rollback"`` while rollbacks remain (and counts it), else ``"stop"``.
+
+        ``can_roll_back`` is False when no checkpoint exists yet: that stop is not counted as a rollback.
+        """
         if all_finite:
             return "ok"
-        if self.rollbacks < self.max_rollbacks:
+        if can_roll_back and self.rollbacks < self.max_rollbacks:
             self.rollbacks += 1
             return "rollback"
         return "stop"
 
-    def stop_error(self, step: int) -> DivergenceError:
-        """The one-line error to raise on ``"stop"``."""
+    def stop_error(self, step: int, can_roll_back: bool = True) -> DivergenceError:
+        """The one-line error to raise on ``"stop"`` (``can_roll_back`` as passed to :meth:`check`)."""
+        fix = "lower the learning rates or use fp32 instead of mixed precision"
+        if not can_roll_back:
+            return DivergenceError(
+                f"training diverged: non-finite loss or gradient at step {step}, before the first checkpoint (nothing "
+                f"to roll back to); {fix}, then rerun"
+            )
         return DivergenceError(
             f"training diverged: non-finite loss or gradient at step {step} after {self.rollbacks} rollback(s) to the "
-            "last good checkpoint; lower the learning rates or use fp32 instead of mixed precision, then resume"
+            f"last good checkpoint; {fix}, then resume"
         )
 
     def state_dict(self) -> dict[str, int]:

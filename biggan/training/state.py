@@ -3,7 +3,8 @@
 :class:`TrainingState` builds everything from a :class:`Config` and a runtime, and converts itself to and from the
 checkpoint dict described in ``docs/ARCHITECTURE.md`` ("Checkpoints"): state dicts of G, D, G_ema and both Adam
 optimisers, step and images seen, best FID, every host RNG, the data stream's position, the SMYRF layer generators,
-the resolved config and the model constructor arguments. Everything is moved to the CPU and kept to tensors and plain
+the resolved config, the model constructor arguments and the divergence guard's rollback count (``divergence``; absent
+in older checkpoints, which still load). Everything is moved to the CPU and kept to tensors and plain
 containers, so the file loads with ``torch.load(weights_only=True)`` and ``sample.py`` can rebuild G from it alone.
 """
 
@@ -25,6 +26,7 @@ from biggan.models import (
 )
 from biggan.runtime import Runtime
 from biggan.training.checkpoint import FORMAT_VERSION, load_state_strict
+from biggan.training.resilience import DivergenceGuard
 from biggan.training.rng import get_rng_state, seed_everything, set_rng_state
 
 __all__ = ["TrainingState"]
@@ -33,6 +35,24 @@ __all__ = ["TrainingState"]
 def _stream_seed(seed: int, rank: int) -> int:
     """Distinct, reproducible host-RNG seed per process for z and anything else drawn in the step."""
     return seed * 1_000_003 + rank + 1
+
+
+def rollback_seed(seed: int, rollbacks: int) -> int:
+    """The run seed after ``rollbacks`` divergence rollbacks: seeds the data order and (on a rollback) z.
+
+    Why: a rollback restores the saved RNG and data position, so without a new seed the retry would replay the very
+    batches and latents that produced the NaN and burn every rollback on it. Deriving the seed from the count (which
+    checkpoints store) keeps a run with rollbacks deterministic and bit-identically resumable. 0 rollbacks -> ``seed``.
+    """
+    return seed + rollbacks * 1_000_000_007
+
+
+def _reseeded(stream: Any, seed: int) -> Any:
+    """The same stream (dataset, batch layout, position unset) with another data-order seed."""
+    if stream.seed == seed:
+        return stream
+    return type(stream)(stream.dataset, batch_size=stream.batch_size, seed=seed, rank=stream.rank,
+                        world_size=stream.world_size, xflip=stream.xflip)
 
 
 class TrainingState:
@@ -52,6 +72,7 @@ class TrainingState:
         self.step = 0  # completed G steps
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
+        self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
         self._decorrelate_processes(runtime.rank, salt=0)
 
     @property
@@ -106,10 +127,16 @@ class TrainingState:
             "rng": get_rng_state(),
             "data": self.stream.state_dict(),
             "attention_rng": {"G": attention_rng_state(self.G_), "D": attention_rng_state(self.D_)},
+            "divergence": self.guard.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, Any], source: str) -> None:
-        """Restore everything from :meth:`state_dict` output; CheckpointError if the architecture differs."""
+    def load_state_dict(self, state: dict[str, Any], source: str, rollback: bool = False) -> None:
+        """Restore everything from :meth:`state_dict` output; CheckpointError if the architecture differs.
+
+        ``rollback``: a divergence rollback, not a resume. The guard keeps its (already incremented) count instead of
+        the file's, and the data order and z/host RNGs are re-seeded by that count (:func:`rollback_seed`), so the retry
+        sees other batches and latents from the restored position on.
+        """
         saved_model = state["model_args"]
         if saved_model != to_dict(self.cfg.model):
             changed = sorted(k for k in to_dict(self.cfg.model) if saved_model.get(k) != to_dict(self.cfg.model)[k])
@@ -124,7 +151,12 @@ class TrainingState:
         self.opt_D.load_state_dict(state["opt_D"])
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
         set_rng_state(state["rng"])
+        if not rollback and "divergence" in state:  # absent in checkpoints written before the count was saved
+            self.guard.load_state_dict(state["divergence"])
+        self.stream = _reseeded(self.stream, rollback_seed(self.cfg.seed, self.guard.rollbacks))
         self.stream.load_state_dict(state["data"])
         load_attention_rng_state(self.G_, state["attention_rng"]["G"])
         load_attention_rng_state(self.D_, state["attention_rng"]["D"])
         self._decorrelate_processes(self.runtime.rank, salt=self.step)
+        if rollback:
+            seed_everything(_stream_seed(rollback_seed(self.cfg.seed, self.guard.rollbacks), self.runtime.rank))
