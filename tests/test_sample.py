@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from biggan.config import load_config, to_dict
+from biggan.config import to_dict
 from biggan.models import attention_gammas, build_generator
 from biggan.training.checkpoint import FORMAT_VERSION, save_checkpoint
 from biggan.training.generator_io import attention_overrides, interpolation_latents, load_generator
@@ -21,19 +21,14 @@ from biggan.training.sampling import generate, latents_for_seeds, parse_seeds, t
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
-def smyrf_checkpoint(tmp_path_factory) -> Path:
+def smyrf_checkpoint(tmp_path_factory, tiny_config) -> Path:
     """A checkpoint of a SMYRF-attention G (demo placement, ch 8) with gamma != 0, so attention changes the output."""
-    cfg = load_config(ROOT / "configs" / "demo.yaml", ["model.G.ch=8", "model.D.ch=8"])
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = tiny_config(tmp, 7)
     torch.manual_seed(0)
     G = build_generator(cfg.model)
     with torch.no_grad():
@@ -44,7 +39,7 @@ def smyrf_checkpoint(tmp_path_factory) -> Path:
              "G": G.state_dict(), "G_ema": G.state_dict(), "D": {}, "opt_G": {}, "opt_D": {}, "images_seen": 0,
              "best_fid": None, "rng": {}, "data": {}, "attention_rng": {}}
     state["G"] = G_ema.state_dict()
-    return save_checkpoint(state, tmp_path_factory.mktemp("ckpt"), step=7, keep_last=1)
+    return save_checkpoint(state, tmp, step=7, keep_last=1)
 
 
 def test_parse_seeds():

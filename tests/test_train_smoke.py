@@ -1,4 +1,5 @@
-"""A few steps of a tiny demo-like run: the run directory, TensorBoard events, grids, checkpoints, FID hook, CLI."""
+"""A few steps of the tiny demo config (tests/conftest.py): run directory, TensorBoard events, grids, checkpoints,
+FID hook, CLI."""
 
 from __future__ import annotations
 
@@ -19,22 +20,10 @@ from biggan.training.summary import describe_run
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def tiny_overrides(tmp: Path, steps: int) -> list[str]:
-    """The demo config shrunk to seconds: ch 8, batch 4, 64 synthetic images; SMYRF in G, dense in D kept."""
-    return [
-        f"out_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}", "data.synthetic_num_images=64", "runtime.kind=cpu", "runtime.threads=1",
-        "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", "train.num_d_steps=2", f"train.total_steps={steps}", "train.ckpt_every=2",
-        "log.every=1", "log.sample_every=2", "log.num_samples=4", "log.progress_bar=false", "fid.every=0",
-    ]
+SMOKE = ("log.sample_every=2", "fid.every=2")  # over tests/conftest.py's tiny config: grids and FID every 2 steps
 
 
 class FakeFID:
@@ -54,9 +43,9 @@ class FakeFID:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, tiny_config):
     tmp = tmp_path_factory.mktemp("smoke")
-    cfg = load_config(ROOT / "configs" / "demo.yaml", tiny_overrides(tmp, steps=4) + ["fid.every=2"])
+    cfg = tiny_config(tmp, 4, *SMOKE)
     fake = FakeFID()
     import biggan.fid.evaluate as fid_evaluate
 
@@ -95,12 +84,12 @@ def test_fid_hook_metrics_and_best_checkpoint(smoke_run):
     assert best["step"] == 4 and best["best_fid"] == 50.0
 
 
-def test_checkpoint_contents(smoke_run):
+def test_checkpoint_contents(smoke_run, tiny_config):
     cfg, run_dir, _, _ = smoke_run
     state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")  # weights_only=True inside
     assert set(REQUIRED_KEYS) <= set(state)
     assert state["step"] == 4 and state["images_seen"] == 32
-    assert load_config(ROOT / "configs" / "demo.yaml", tiny_overrides(run_dir.parents[1], 4) + ["fid.every=2"]) == cfg
+    assert tiny_config(run_dir.parents[1], 4, *SMOKE) == cfg
     assert state["config"]["model"]["G"]["ch"] == 8 and state["model_args"]["resolution"] == 32
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
     assert set(state["attention_rng"]["G"]) == {"attention.32"}

@@ -1,0 +1,54 @@
+"""Fixtures shared by the in-process training tests (smoke, resume, sample): one torch thread and the tiny config.
+
+The subprocess tests (bad input, fault injection, preemption) use ``tests/bad_inputs/harness.py`` instead: they pass
+overrides on a command line and set ``OMP_NUM_THREADS`` in the child's environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from biggan.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: on the shared 2-core CI machine, 2 spinning threads per process run ~30x slower.
+
+    Use it per module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_overrides(tmp: Path, steps: int, *extra: str) -> list[str]:
+    """The demo config shrunk to seconds on a CPU: ch 8, batch 4, 2 D steps, 64 synthetic images, no FID, no bar.
+
+    It keeps the demo's attention (SMYRF in G, dense in D) and its RNG state. The run goes to ``tmp/runs/<name>``
+    and the dataset to ``tmp/data``; ``extra`` overrides come last and win.
+    """
+    return [
+        f"out_dir={tmp / 'runs'}", f"data.path={tmp / 'data'}", "data.synthetic_num_images=64", "runtime.kind=cpu",
+        "runtime.threads=1", "model.G.ch=8", "model.D.ch=8", "train.batch_size=4", "train.num_d_steps=2",
+        f"train.total_steps={steps}", "train.ckpt_every=2", "log.every=1", "log.sample_every=100000",
+        "log.num_samples=4", "log.progress_bar=false", "fid.every=0", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> Callable[..., Config]:
+    """``tiny_config(tmp, steps, *extra)`` -> the loaded :func:`tiny_overrides` config of ``configs/demo.yaml``."""
+
+    def make(tmp: Path, steps: int, *extra: str) -> Config:
+        return load_config(DEMO, tiny_overrides(tmp, steps, *extra))
+
+    return make
