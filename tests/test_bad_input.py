@@ -376,6 +376,7 @@ def test_grayscale_rgba_cmyk_are_converted_not_rejected(tmp_path: Path) -> None:
                            "--expect-count", "3", "--fid-dims", "--workers", "1"],
                           cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert "decoding + resizing" not in proc.stderr, "progress bars on a non-TTY stderr (tqdm disable=None)"
     images = np.load(tmp_path / "out" / "32" / "images.npy")  # (N, 3, res, res)
     expected = np.stack([np.asarray(img.convert("RGB")).transpose(2, 0, 1) for img in sources.values()])
     assert images.shape == (3, 3, 32, 32) and np.array_equal(images, expected)

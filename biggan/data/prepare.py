@@ -155,7 +155,7 @@ def _up_to_date(out: Path, source: Source, resample: str) -> bool:
 
 def _check_headers(reader: _Reader, source: Source, skip_bad: bool, bad: list[str]) -> list[str]:
     good = []
-    for name in tqdm(source.names, desc="checking headers", unit="img", mininterval=2):
+    for name in tqdm(source.names, desc="checking headers", unit="img", mininterval=2, disable=None):
         problem = reader.header(name)
         if problem is None:
             good.append(name)
@@ -171,7 +171,8 @@ def _decode_all(reader: _Reader, names: list[str], writers: dict[int, PreparedWr
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     results = pool.imap(reader, names, chunksize=16) if pool else map(reader, names)
     try:
-        for status, payload in tqdm(results, total=len(names), desc="decoding + resizing", unit="img", mininterval=2):
+        for status, payload in tqdm(results, total=len(names), desc="decoding + resizing", unit="img", mininterval=2,
+                                    disable=None):
             if status == "bad":
                 if not skip_bad:
                     raise DataError(payload)
