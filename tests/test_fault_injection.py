@@ -99,7 +99,11 @@ def test_training_survives_sigkill_and_matches_uninterrupted_run(tmp_path: Path)
     datasets = tmp_path / "datasets"  # generated once by the reference run, then reused by every attempt
 
     reference = LiveProcess(_train_argv(tmp_path / "reference", datasets))
+    assert reference.wait_for(STEP_RE, timeout=600), "\n".join(reference.stderr[-20:])
+    first_step_at = time.perf_counter()
     assert reference.finish(timeout=600) == 0, "\n".join(reference.stderr[-20:])
+    # Kill moments scale with this machine's speed, so the test lands its kills on a quiet or a loaded machine alike.
+    step_seconds = (time.perf_counter() - first_step_at) / (TOTAL_STEPS - 1)
     expected = load_checkpoint(tmp_path / "reference" / "demo" / "checkpoints" / "latest.pt")
     assert expected["step"] == TOTAL_STEPS
 
@@ -123,7 +127,14 @@ def test_training_survives_sigkill_and_matches_uninterrupted_run(tmp_path: Path)
         if started is None:  # finished (or failed) before training resumed: only possible at the very end
             assert run.finish(timeout=60) == 0, "\n".join(run.stderr[-20:])
             break
-        time.sleep(rng.uniform(0.0, 2.0))
+        # Kill after a seeded random step up to two past the next checkpoint (so some attempts save progress and
+        # some lose it), then at a random moment inside that step: in a D/G step, a tick or a checkpoint write.
+        resumed_at = expected_resume or 0
+        target = rng.randint(resumed_at + 1, min(resumed_at + CKPT_EVERY + 2, TOTAL_STEPS - 1))
+        deadline = time.monotonic() + 300
+        while run.last_step() < target and run.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, step_seconds))
         run.kill()
         code = run.finish(timeout=60)
         if code == 0:  # the run completed before the kill landed
