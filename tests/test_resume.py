@@ -210,3 +210,13 @@ def test_rollback_reseeds_data_and_z_so_the_retry_differs(tmp_path, make_cfg, mo
     del old["divergence"]
     torch.save(old, tmp_path / "old.pt")
     assert _train(make_cfg("old", 7), resume=str(tmp_path / "old.pt"))["divergence"] == {"rollbacks": 0}
+
+
+@pytest.mark.parametrize("policy", ["copy", "average"])
+def test_ema_buffer_policy_comes_from_the_config(make_cfg, policy):
+    """train.ema_buffers decides whether G_ema's BN statistics are G's (copy) or an average of them."""
+    ckpt = _train(make_cfg(f"ema_{policy}", 3, f"train.ema_buffers={policy}", "train.ema_decay=0.9"))
+    bn_stats = [k for k in ckpt["G"] if k.endswith("running_mean")]
+    assert bn_stats
+    same = all(torch.equal(ckpt["G"][k], ckpt["G_ema"][k]) for k in bn_stats)
+    assert same == (policy == "copy")

@@ -116,7 +116,7 @@ def ensure_synthetic_dataset(root: str | Path, resolution: int, num_images: int,
             and manifest["resolution"] == resolution):
         writer = PreparedWriter(out, resolution, num_images)
         try:
-            for i in tqdm(range(num_images), desc=f"demo faces {resolution}px", unit="img", mininterval=2):
+            for i in tqdm(range(num_images), desc=f"demo faces {resolution}px", unit="img", mininterval=2, disable=None):
                 writer.append(to_chw(render_face(np.random.default_rng([seed, i]), resolution)))
             writer.finish()
             writer.commit({"source": source, "filter": "box"})

@@ -29,6 +29,8 @@ class TrainConfig:
     adam_eps: float = 1e-6  # BigGAN launch scripts use 1e-6 (parser default 1e-8)
     ema_decay: float = 0.9999  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
     ema_start: int = 0  # before this step G_ema is a copy of G (decay 0)
+    ema_buffers: Literal["copy", "average"] = "copy"  # G_ema's BN running stats and SN u/sv: copied from G
+    # (stylegan2-ada) or averaged like the weights (BigGAN-PyTorch lerps the whole state_dict)
     ortho_reg: float = 0.0  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as in released runs)
     ckpt_every: int = 1000  # full training-state checkpoint every this many steps (and at the end / on preemption)
     keep_last: int = 3  # step checkpoints kept (latest.pt and best.pt come on top)

@@ -63,7 +63,7 @@ class TrainingState:
         self.stream: Any = None  # the BatchStream; set by the loop after the models are built (cheap errors first)
         seed_everything(cfg.seed)  # same weights on every process (DDP also broadcasts them from rank 0)
         G, D = build_generator(cfg.model), build_discriminator(cfg.model)
-        self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start)
+        self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start, buffers=cfg.train.ema_buffers)
         self.ema.model.to(runtime.device)
         self.G, self.D = runtime.wrap_model(G), runtime.wrap_model(D)
         betas = tuple(cfg.train.betas)
