@@ -89,6 +89,9 @@ def d_step(
         out["D_out_fake"] += d_fake.detach().mean() / accumulate
     out["D_grad_norm"] = grad_norm(D)
     optimizer_step(opt_D)
+    # Free D's gradients now rather than at its next step: they would otherwise sit in memory through the G step
+    # (D-128 at ch=96: 88M floats, 0.33 GiB). Same for G below, through the D steps.
+    opt_D.zero_grad(set_to_none=True)
     return out
 
 
@@ -133,5 +136,6 @@ def g_step(
         out["G"] += loss.detach() / accumulate
     out["G_grad_norm"] = grad_norm(G)
     optimizer_step(opt_G)
+    opt_G.zero_grad(set_to_none=True)
     set_requires_grad(D, True)
     return out
