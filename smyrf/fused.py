@@ -147,6 +147,24 @@ def _unsort_rows(x: Tensor, dest: Tensor, rows: int) -> Tensor:
     return out.index_copy_(0, dest, x).view(-1, rows, x.shape[-1])  # (hc, B*N, e)
 
 
+def _flat_operands(
+    q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, kernel: str
+) -> tuple[tuple[int, ...], Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What forward and backward both start from: sizes, flat round indices and head-padded flat q, k, v.
+
+    Returns ``((H, B, Nq, Nk, dv, cq, ck, ed, ev), idx_q (H, B*Nq), idx_k (H, B*Nk), q (B*Nq, ed), k (B*Nk, ed),
+    v (B*Nk, ev))``.
+    """
+    n_hashes, b, nq = perm_q.shape
+    nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
+    ed, ev = _head_sizes(kernel, d, dv)
+    sizes = (n_hashes, b, nq, nk, dv, nq // nc, nk // nc, ed, ev)
+    q_flat = _pad_last(q, ed).reshape(b * nq, ed)  # (B*Nq, ed)
+    k_flat = _pad_last(k, ed).reshape(b * nk, ed)  # (B*Nk, ed)
+    v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
+    return sizes, _flat_index(perm_q), _flat_index(perm_k), q_flat, k_flat, v_flat
+
+
 class _SmyrfFunction(torch.autograd.Function):
     """q, k, v (B, N, .) and fixed permutations (H, B, N) -> out (B, Nq, dv). Permutations get no gradient."""
 
@@ -154,14 +172,8 @@ class _SmyrfFunction(torch.autograd.Function):
     def forward(
         ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str
     ) -> Tensor:
-        n_hashes, b, nq = perm_q.shape
-        nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
-        cq, ck = nq // nc, nk // nc
-        ed, ev = _head_sizes(kernel, d, dv)
-        idx_q, idx_k = _flat_index(perm_q), _flat_index(perm_k)  # (H, B*Nq), (H, B*Nk)
-        q_flat = _pad_last(q, ed).reshape(b * nq, ed)  # (B*Nq, ed)
-        k_flat = _pad_last(k, ed).reshape(b * nk, ed)  # (B*Nk, ed)
-        v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
+        sizes, idx_q, idx_k, q_flat, k_flat, v_flat = _flat_operands(q, k, v, perm_q, perm_k, nc, kernel)
+        n_hashes, b, nq, nk, dv, cq, ck, ed, ev = sizes
         acc_dtype = torch.promote_types(q.dtype, torch.float32)
         acc = lse_run = None
         for t0, t1 in _round_chunks(n_hashes, b, nq, nk, ck, ed, ev, kernel, q.element_size()):
@@ -193,14 +205,8 @@ class _SmyrfFunction(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         q, k, v, perm_q, perm_k, out, lse = ctx.saved_tensors
         nc, scale, kernel = ctx.nc, ctx.scale, ctx.kernel
-        n_hashes, b, nq = perm_q.shape
-        nk, d, dv = k.shape[1], q.shape[-1], v.shape[-1]
-        cq, ck = nq // nc, nk // nc
-        ed, ev = _head_sizes(kernel, d, dv)
-        idx_q, idx_k = _flat_index(perm_q), _flat_index(perm_k)  # (H, B*Nq), (H, B*Nk)
-        q_flat = _pad_last(q, ed).reshape(b * nq, ed)  # (B*Nq, ed)
-        k_flat = _pad_last(k, ed).reshape(b * nk, ed)  # (B*Nk, ed)
-        v_flat = _pad_last(v, ev).reshape(b * nk, ev)  # (B*Nk, ev)
+        sizes, idx_q, idx_k, q_flat, k_flat, v_flat = _flat_operands(q, k, v, perm_q, perm_k, nc, kernel)
+        n_hashes, b, nq, nk, dv, cq, ck, ed, ev = sizes
         dout_flat = _pad_last(dout.to(q.dtype), ev).reshape(b * nq, ev)  # (B*Nq, ev)
         out_flat = _pad_last(out, ev).reshape(b * nq, ev)  # (B*Nq, ev)
         grad_dtype = torch.promote_types(q.dtype, torch.float32)
@@ -225,6 +231,7 @@ class _SmyrfFunction(torch.autograd.Function):
             d_q += _unsort_rows(s_dq.reshape(-1, ed).to(grad_dtype), dest_q, b * nq).sum(0)  # (B*Nq, ed)
             d_k += _unsort_rows(s_dk.reshape(-1, ed).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ed)
             d_v += _unsort_rows(s_dv.reshape(-1, ev).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ev)
+        d = q.shape[-1]
         d_q = d_q[:, :d].reshape(b, nq, d).to(q.dtype)  # (B, Nq, d)
         d_k = d_k[:, :d].reshape(b, nk, d).to(k.dtype)  # (B, Nk, d)
         d_v = d_v[:, :dv].reshape(b, nk, dv).to(v.dtype)  # (B, Nk, dv)

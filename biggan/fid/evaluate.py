@@ -50,10 +50,13 @@ def _device(extractor: torch.nn.Module) -> torch.device:
 
 def stats_of_batches(batches: Iterable[torch.Tensor], extractor: FIDExtractor, total: int | None = None,
                      desc: str | None = None) -> FeatureStats:
-    """Stream uint8 ``(B, 3, h, w)`` batches through the extractor into float64 statistics (progress bar if desc)."""
+    """Stream uint8 ``(B, 3, h, w)`` batches through the extractor into float64 statistics.
+
+    A progress bar is shown when ``desc`` is given and stderr is a terminal (``disable=None``), so logs stay clean.
+    """
     stats = FeatureStats(extractor.dims)
     device = _device(extractor)
-    bar = tqdm(total=total, desc=desc, unit="img", disable=desc is None)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=True if desc is None else None)
     for images in batches:
         stats.update(extractor(images.to(device)))
         bar.update(images.shape[0])
