@@ -20,6 +20,9 @@ from biggan.errors import ConfigError, DataError
 from biggan.fid.config import FIDConfig
 from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, RefStats, frechet_distance, load_stats, save_stats
+# Fakes are quantised exactly as sample.py and the training grids save PNGs (x·127.5 + 128, clamped, truncated):
+# one definition, so FID always sees what a user would save.
+from biggan.training.sampling import to_uint8 as quantize_uint8
 
 __all__ = [
     "quantize_uint8",
@@ -37,11 +40,6 @@ class ImageArray(Protocol):
     def __len__(self) -> int: ...
     def get_batch(self, indices: np.ndarray) -> torch.Tensor: ...  # uint8 (B, 3, res, res)
     def reference_stats_path(self, dims: int) -> Path | None: ...
-
-
-def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8 as a PNG would store it: ``x·127.5 + 128``, clamped, truncated."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
 def _device(extractor: torch.nn.Module) -> torch.device:
