@@ -83,10 +83,13 @@ def test_finite_monitor_ands_over_the_tick() -> None:
     assert monitor.read_and_reset() is False
     assert monitor.read_and_reset() is True  # a new tick starts clean
 
+    # Gradients reach the monitor as the steps' global grad norms: one inf/NaN element makes the norm non-finite.
+    from biggan.training.steps import grad_norm
+
     layer = torch.nn.Linear(3, 2)
     layer(torch.randn(4, 3)).sum().backward()
-    monitor.update_grads(layer.parameters())
+    monitor.update(grad_norm(layer))
     assert monitor.read_and_reset() is True
     layer.weight.grad[0, 1] = float("inf")
-    monitor.update_grads(layer.parameters())
+    monitor.update(grad_norm(layer))
     assert monitor.read_and_reset() is False

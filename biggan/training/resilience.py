@@ -204,13 +204,6 @@ class FiniteMonitor:
         for tensor in tensors:
             self._flag = self._flag & torch.isfinite(tensor.detach()).all()
 
-    def update_grads(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """AND in whether all gradients are finite, via their norms (inf/NaN in any element propagates to its norm)."""
-        grads = [p.grad.detach() for p in parameters if p.grad is not None]
-        if grads:
-            norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])  # (num_params,)
-            self._flag = self._flag & torch.isfinite(norms).all()
-
     def flag(self) -> torch.Tensor:
         """The flag as a 0-d float tensor on the device (1.0 = all finite), e.g. to min-reduce across ranks."""
         return self._flag.float()
