@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the checkout
 
 from biggan.models import AttentionConfig, ModelConfig, NetworkConfig, attention_gammas, build_generator  # noqa: E402
+from biggan.runtime import Runtime, RuntimeConfig  # noqa: E402
 
 CASES = {
     "dense@64": AttentionConfig(res=64, kind="dense"),
@@ -41,50 +42,34 @@ CASES = {
 }
 
 
-def _status_bytes(key: str) -> int:
-    """A field of /proc/self/status (kB) in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-
-
-def measure(case: str, batch: int, ch: int, iters: int, device: torch.device) -> dict:
+def measure(case: str, batch: int, ch: int, iters: int, device: str) -> dict:
     """Time and peak memory of G forward + backward of mean(G(z)) for one attention case, in this process."""
+    rt = Runtime.setup(RuntimeConfig(kind=device))  # synchronised timing and peak memory (CUDA stats or VmHWM)
     torch.manual_seed(0)
     net = NetworkConfig(ch=ch, attention=[CASES[case]])
     cfg = ModelConfig(resolution=128, dim_z=120, conditioning="zhier", init="normal", G=net)
-    G = build_generator(cfg).to(device).train()
+    G = build_generator(cfg).to(rt.device).train()
     with torch.no_grad():
         for gamma in attention_gammas(G).values():
             gamma.fill_(1.0)
-    z = torch.randn(batch, cfg.dim_z, device=device)
+    z = torch.randn(batch, cfg.dim_z, device=rt.device)
 
     def step() -> None:
         G.zero_grad(set_to_none=True)
         G(z).mean().backward()
 
     step()  # warm-up: allocator pools, lazy init
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        G.zero_grad(set_to_none=True)
-        _reset_peak_rss()
-        base = _status_bytes("VmRSS")
+    G.zero_grad(set_to_none=True)
+    rt.synchronize()
+    rt.reset_peak_memory()
+    base = torch.cuda.memory_allocated(rt.device) if rt.kind == "cuda" else rt.peak_memory_bytes()
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        rt.synchronize()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else _status_bytes("VmHWM") - base
+    peak = rt.peak_memory_bytes() - base
     return {"case": case, "median_s": statistics.median(times), "times_s": times, "peak_bytes": peak}
 
 
@@ -112,7 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(measure(args.one, args.batch, args.ch, args.iters, torch.device(args.device))))
+        print(json.dumps(measure(args.one, args.batch, args.ch, args.iters, args.device)))
         return 0
 
     results = [run_subprocess(case, args) for case in CASES]
