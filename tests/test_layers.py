@@ -53,6 +53,71 @@ def test_spectral_norm_updates_u_only_in_training_and_stays_fp32_under_autocast(
     assert layer.sv.item() == pytest.approx((v @ w.t() @ u.t()).item(), rel=1e-6)
 
 
+def _saved_bytes_beyond(params_and_inputs: list[torch.Tensor], run) -> int:
+    """Bytes autograd keeps for backward while ``run()`` builds its graph, not counting the given tensors."""
+    known = {t.data_ptr() for t in params_and_inputs}
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in known:
+            saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(saved)
+
+
+# Each layer with a small input (output smaller than the weight: the output is scaled) and a large one (the weight is).
+SN_CASES = [
+    (lambda: SNConv2d(64, 48, 3, padding=1), lambda n: torch.randn(n, 64, 4 * n, 4 * n), 1, 8),
+    (lambda: SNConv2d(32, 16, 3, stride=2, padding=0), lambda n: torch.randn(n, 32, 5 * n, 5 * n), 1, 8),
+    (lambda: SNLinear(64, 96), lambda n: torch.randn(n, 64), 2, 200),
+    (lambda: SNEmbedding(40, 64), lambda n: torch.randint(0, 40, (n,)), 3, 100),
+]
+
+
+@pytest.mark.parametrize("make, inputs, small, large", SN_CASES)
+def test_spectral_norm_layer_equals_op_on_normalized_weight_for_both_scaling_orders(make, inputs, small, large) -> None:
+    torch.manual_seed(0)
+    layer = make().eval()  # eval: u stays put, so every call sees the same sigma
+    for n in (small, large):
+        x = inputs(n)
+        if x.is_floating_point():
+            x.requires_grad_(True)
+        out = layer(x)
+        weight = layer.normalized_weight()
+        if isinstance(layer, SNConv2d):
+            expected = layer._conv_forward(x, weight, layer.bias)
+        elif isinstance(layer, SNLinear):
+            expected = nn.functional.linear(x, weight, layer.bias)
+        else:
+            expected = nn.functional.embedding(x, weight)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        cotangent = torch.randn_like(out)
+        leaves = [p for p in (x, layer.weight, getattr(layer, "bias", None)) if p is not None and p.requires_grad]
+        got = torch.autograd.grad(out, leaves, cotangent)
+        want = torch.autograd.grad(expected, leaves, cotangent)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_spectral_norm_keeps_no_normalized_copy_of_a_kernel_larger_than_the_output() -> None:
+    torch.manual_seed(0)
+    layer = SNConv2d(256, 256, 3, padding=1).train()  # a G-128 bottom layer in miniature: 590k weights, 4k outputs
+    x = torch.randn(1, 256, 4, 4, requires_grad=True)
+    weight_bytes = layer.weight.numel() * 4
+    trained = _saved_bytes_beyond([x, layer.weight, layer.bias], lambda: layer(x))
+    assert trained < weight_bytes / 20
+    layer.requires_grad_(False)  # frozen (D inside G's step): nothing beyond sigma's scalar
+    frozen = _saved_bytes_beyond([x, layer.weight, layer.bias], lambda: layer(x))
+    assert frozen < weight_bytes / 100
+    large = torch.randn(4, 16, 32, 32, requires_grad=True)  # a high-resolution layer: the kernel is the smaller one
+    small_kernel = SNConv2d(16, 16, 3, padding=1).train()
+    kept = _saved_bytes_beyond([large, small_kernel.weight, small_kernel.bias], lambda: small_kernel(large))
+    assert kept < large.numel() * 4  # the output (as big as the input) is not kept; a kernel copy is
+
+
 def test_conditional_bn_is_batch_norm_scaled_by_one_plus_gain() -> None:
     torch.manual_seed(0)
     cbn = ConditionalBatchNorm2d(4, lambda width: nn.Linear(3, width, bias=False), eps=1e-5)
