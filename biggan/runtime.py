@@ -32,7 +32,7 @@ import resource
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Literal
+from typing import Any, ContextManager, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -311,6 +311,19 @@ class Runtime:
 
             dist.all_reduce(tensor)
         return tensor
+
+    def gather_to_main(self, obj: Any) -> Optional[list[Any]]:
+        """Every process's ``obj`` (picklable, small) as a list by rank on the main process, None on the others.
+
+        All processes must call it (checkpoint time: each one's RNG states). One process, SPMD included: ``[obj]``.
+        """
+        if not self._distributed():
+            return [obj]
+        import torch.distributed as dist
+
+        gathered: Optional[list[Any]] = [None] * self.world_size if self.is_main else None
+        dist.gather_object(obj, gathered, dst=0)
+        return gathered
 
     def barrier(self) -> None:
         """Wait for every process (e.g. rank 0 writes a file the others then read)."""

@@ -220,3 +220,15 @@ def test_ema_buffer_policy_comes_from_the_config(make_cfg, policy):
     assert bn_stats
     same = all(torch.equal(ckpt["G"][k], ckpt["G_ema"][k]) for k in bn_stats)
     assert same == (policy == "copy")
+
+
+def test_resume_takes_optimizer_settings_from_the_config(make_cfg, tmp_path):
+    first = _train(make_cfg("lr", 2))
+    assert first["opt_G"]["param_groups"][0]["lr"] == make_cfg("lr", 2).train.lr_g
+    assert all(set(s) == {"step", "exp_avg_sq"} for s in first["opt_G"]["state"].values())  # beta1 = 0: no exp_avg
+    resumed = _train(make_cfg("lr", 3, "train.lr_g=1e-5", "train.betas=[0.5,0.999]"))
+    group = resumed["opt_G"]["param_groups"][0]
+    assert group["lr"] == 1e-5 and tuple(group["betas"]) == (0.5, 0.999)
+    log = (tmp_path / "runs" / "lr" / "log.txt").read_text()
+    assert "optimiser settings from the config, not the checkpoint: " in log
+    assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and "G lr 0.0001 -> 1e-05" in log and "D lr" not in log

@@ -24,6 +24,7 @@ import torch
 
 from biggan.models import build_discriminator, build_generator
 from biggan.training.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from biggan.training.optimizer import LeanAdam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +65,8 @@ def _write_cpu_checkpoint(directory: Path) -> Path:
         for name, param in G.named_parameters():
             if name.endswith("gamma"):
                 param.fill_(0.5)  # gamma = 0 would make the attention (and SMYRF on XLA) invisible in the output
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = LeanAdam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
     G(torch.randn(4, checks.DIM_Z)).square().mean().backward()  # train mode: updates BN running statistics
     opt_G.step()
     run = {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}
@@ -142,7 +143,7 @@ def test_xla_checkpoint_loads_on_cpu(results: dict) -> None:
     state = load_checkpoint(results["out"] / "xla_ckpt" / "latest.pt")
     G, D = build_generator(checks.model_config()), build_discriminator(checks.model_config())
     load_state_strict(G, state["G"], "G"), load_state_strict(D, state["D"], "D")
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
     opt_G.load_state_dict(state["opt_G"])
     assert int(next(iter(opt_G.state.values()))["step"]) == checks.STEPS
     sample = torch.load(results["out"] / "xla_sample.pt", weights_only=True)

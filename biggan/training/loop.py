@@ -115,8 +115,10 @@ class _Trainer:
     # -- resume -------------------------------------------------------------------------------------------------------
 
     def _restore(self, path: Path, rollback: bool = False) -> None:
-        self.state.load_state_dict(load_checkpoint(path), str(path), rollback=rollback)
+        changed = self.state.load_state_dict(load_checkpoint(path), str(path), rollback=rollback)
         self.log.line(f"resumed from {path} at step {self.state.step} ({self.state.images_seen / 1000:.1f} kimg)")
+        if changed:
+            self.log.line(f"optimiser settings from the config, not the checkpoint: {', '.join(changed)}")
 
     def train(self, resume: Optional[str]) -> int:
         cfg, st = self.cfg, self.state
@@ -299,8 +301,10 @@ class _Trainer:
         return best
 
     def _checkpoint(self, step: int, best: bool) -> None:
+        process_rng = self.runtime.gather_to_main(self.state.process_rng_state())  # every rank takes part
         if self.runtime.is_main:
-            save_checkpoint(self.state.state_dict(), self.run_dir.checkpoints, step, self.cfg.train.keep_last, best=best)
+            state = self.state.state_dict(process_rng)
+            save_checkpoint(state, self.run_dir.checkpoints, step, self.cfg.train.keep_last, best=best)
         self.runtime.barrier()
 
     def _rollback(self, step: int, path: Path) -> None:

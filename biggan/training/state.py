@@ -26,6 +26,7 @@ from biggan.models import (
 )
 from biggan.runtime import Runtime
 from biggan.training.checkpoint import FORMAT_VERSION, load_state_strict
+from biggan.training.optimizer import LeanAdam
 from biggan.training.resilience import DivergenceGuard
 from biggan.training.rng import get_rng_state, seed_everything, set_rng_state
 
@@ -66,14 +67,30 @@ class TrainingState:
         self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start, buffers=cfg.train.ema_buffers)
         self.ema.model.to(runtime.device)
         self.G, self.D = runtime.wrap_model(G), runtime.wrap_model(D)
-        betas = tuple(cfg.train.betas)
-        self.opt_G = torch.optim.Adam(self.G_.parameters(), lr=cfg.train.lr_g, betas=betas, eps=cfg.train.adam_eps)
-        self.opt_D = torch.optim.Adam(self.D_.parameters(), lr=cfg.train.lr_d, betas=betas, eps=cfg.train.adam_eps)
+        # LeanAdam: torch's Adam, minus the first-moment buffer that BigGAN's beta1 = 0 leaves unused.
+        self.opt_G = LeanAdam(self.G_.parameters(), **self._adam_settings("G"))
+        self.opt_D = LeanAdam(self.D_.parameters(), **self._adam_settings("D"))
         self.step = 0  # completed G steps
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
         self._decorrelate_processes(runtime.rank, salt=0)
+
+    def _adam_settings(self, net: str) -> dict[str, Any]:
+        train = self.cfg.train
+        return {"lr": train.lr_g if net == "G" else train.lr_d, "betas": tuple(train.betas), "eps": train.adam_eps}
+
+    def _apply_adam_settings(self) -> list[str]:
+        """Put the config's lr/betas/eps back after loading optimiser states (which carry the checkpoint's): a resume
+        with e.g. a lower ``train.lr_g`` then trains with it. Returns the settings that changed, for the log."""
+        changed = []
+        for net, opt in (("G", self.opt_G), ("D", self.opt_D)):
+            for key, value in self._adam_settings(net).items():
+                for group in opt.param_groups:
+                    if group[key] != value:
+                        changed.append(f"{net} {key} {group[key]} -> {value}")
+                        group[key] = value
+        return sorted(set(changed))
 
     @property
     def G_(self) -> nn.Module:
@@ -92,7 +109,8 @@ class TrainingState:
     def _decorrelate_processes(self, rank: int, salt: int) -> None:
         """Give every process its own z stream and SMYRF hashing stream (the SMYRF run used one seed everywhere).
 
-        ``salt`` is the step on resume: checkpoints hold rank 0's generators, so other ranks draw fresh ones.
+        ``salt`` is the step when a resume cannot restore this process's own generators (the checkpoint was written by
+        another number of processes): the other ranks then draw fresh ones from that step.
         """
         if rank == 0:
             if salt == 0:
@@ -107,11 +125,27 @@ class TrainingState:
             }
             load_attention_rng_state(net, fresh)
 
+    def process_rng_state(self) -> dict[str, Any]:
+        """This process's own random state: host RNGs (z) and SMYRF layer generators. Gathered from every rank into
+        checkpoints, so that a multi-process run resumes bit-identically on the same number of processes."""
+        return {"rng": get_rng_state(), "attention_rng": {"G": attention_rng_state(self.G_),
+                                                           "D": attention_rng_state(self.D_)}}
+
+    def _load_process_rng_state(self, state: dict[str, Any]) -> None:
+        set_rng_state(state["rng"])
+        load_attention_rng_state(self.G_, state["attention_rng"]["G"])
+        load_attention_rng_state(self.D_, state["attention_rng"]["D"])
+
     # -- checkpoint dict --------------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """The full training state, on the CPU, as tensors and plain containers only."""
+    def state_dict(self, process_rng: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        """The full training state, on the CPU, as tensors and plain containers only.
+
+        ``process_rng``: :meth:`process_rng_state` of every rank (``runtime.gather_to_main``); kept when there are
+        several. ``rng`` and ``attention_rng`` are always this (the main) process's.
+        """
         host = self.runtime.to_host
+        extra = {"process_rng": process_rng} if process_rng is not None and len(process_rng) > 1 else {}
         return {
             "format_version": FORMAT_VERSION,
             "config": to_dict(self.cfg),
@@ -124,14 +158,16 @@ class TrainingState:
             "G_ema": host(self.ema.state_dict()),
             "opt_G": host(self.opt_G.state_dict()),
             "opt_D": host(self.opt_D.state_dict()),
-            "rng": get_rng_state(),
             "data": self.stream.state_dict(),
-            "attention_rng": {"G": attention_rng_state(self.G_), "D": attention_rng_state(self.D_)},
+            **self.process_rng_state(),  # "rng" and "attention_rng"
             "divergence": self.guard.state_dict(),
+            **extra,
         }
 
-    def load_state_dict(self, state: dict[str, Any], source: str, rollback: bool = False) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: str, rollback: bool = False) -> list[str]:
         """Restore everything from :meth:`state_dict` output; CheckpointError if the architecture differs.
+
+        Returns the optimiser settings (lr, betas, eps) in which the config overrides the checkpoint, for the log.
 
         ``rollback``: a divergence rollback, not a resume. The guard keeps its (already incremented) count instead of
         the file's, and the data order and z/host RNGs are re-seeded by that count (:func:`rollback_seed`), so the retry
@@ -149,14 +185,18 @@ class TrainingState:
         load_state_strict(self.ema.model, state["G_ema"], f"G_ema in {source}")
         self.opt_G.load_state_dict(state["opt_G"])
         self.opt_D.load_state_dict(state["opt_D"])
+        changed = self._apply_adam_settings()
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
-        set_rng_state(state["rng"])
         if not rollback and "divergence" in state:  # absent in checkpoints written before the count was saved
             self.guard.load_state_dict(state["divergence"])
         self.stream = _reseeded(self.stream, rollback_seed(self.cfg.seed, self.guard.rollbacks))
         self.stream.load_state_dict(state["data"])
-        load_attention_rng_state(self.G_, state["attention_rng"]["G"])
-        load_attention_rng_state(self.D_, state["attention_rng"]["D"])
-        self._decorrelate_processes(self.runtime.rank, salt=self.step)
+        rank, saved_ranks = self.runtime.rank, state.get("process_rng", [])
+        if len(saved_ranks) == self.runtime.world_size:  # written by as many processes: each continues its own streams
+            self._load_process_rng_state(saved_ranks[rank])
+        else:  # one process, or another number of them: rank 0 continues the saved streams, the others start afresh
+            self._load_process_rng_state(state)
+            self._decorrelate_processes(rank, salt=self.step)
         if rollback:
             seed_everything(_stream_seed(rollback_seed(self.cfg.seed, self.guard.rollbacks), self.runtime.rank))
+        return changed

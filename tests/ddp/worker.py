@@ -21,6 +21,7 @@ import torch
 from biggan.models import AttentionConfig, ModelConfig, NetworkConfig, build_discriminator, build_generator
 from biggan.runtime import Runtime, RuntimeConfig
 from biggan.training.losses import hinge_d, hinge_g
+from biggan.training.optimizer import LeanAdam
 from biggan.training.steps import d_step, g_step
 
 RES, DIM_Z = 32, 64
@@ -44,8 +45,8 @@ def train(rt: Runtime, out: Path, batch: int, steps: int) -> None:
     torch.manual_seed(0)  # same initial weights everywhere (DDP would broadcast rank 0's anyway)
     G = rt.wrap_model(build_generator(model_config()))
     D = rt.wrap_model(build_discriminator(model_config()))
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = LeanAdam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
 
     data = torch.Generator().manual_seed(1234)  # the global batch stream, identical on every rank
     mine = slice(rt.rank * batch, (rt.rank + 1) * batch)

@@ -32,6 +32,7 @@ from biggan.models import (
 )
 from biggan.runtime import Runtime, RuntimeConfig
 from biggan.training.checkpoint import FORMAT_VERSION, load_checkpoint, load_state_strict, save_checkpoint
+from biggan.training.optimizer import LeanAdam
 from biggan.training.losses import hinge_d, hinge_g
 from biggan.training.steps import d_step, g_step
 from smyrf import smyrf_attention
@@ -113,8 +114,8 @@ def train(rt: Runtime, steps: int = STEPS) -> dict[str, Any]:
     torch.manual_seed(0)
     G = rt.wrap_model(build_generator(model_config()))
     D = rt.wrap_model(build_discriminator(model_config()))
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
-    opt_D = torch.optim.Adam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = LeanAdam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
     data = torch.Generator().manual_seed(1234)
     stats, seconds = [], []
     transfers = transfers_to_host() if rt.kind == "xla" else 0
@@ -182,13 +183,13 @@ def single(out: Path, cpu_ckpt: Path) -> dict[str, Any]:
     G = rt.wrap_model(build_generator(model_config()))
     D = rt.wrap_model(build_discriminator(model_config()))
     load_state_strict(G, state["G"], "G"), load_state_strict(D, state["D"], "D")
-    opt_G = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
     opt_G.load_state_dict(state["opt_G"])
-    exp_avg = next(iter(opt_G.state.values()))["exp_avg"]
+    exp_avg_sq = next(iter(opt_G.state.values()))["exp_avg_sq"]
     sample = torch.load(cpu_ckpt.parent / "cpu_sample.pt", weights_only=True)
     result["cpu_ckpt_on_xla"] = {
         "max_abs_diff": float((eval_sample(G, rt.device, sample["z"]) - sample["x"]).abs().max()),
-        "opt_state_device": str(exp_avg.device),
+        "opt_state_device": str(exp_avg_sq.device),
     }
     return result
 
