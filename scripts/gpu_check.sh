@@ -92,12 +92,12 @@ stage runtime "grep -E 'passed|failed' | tail -n 1" -- "$PYTHON" -m pytest tests
 stage attn_bench "grep -iE 'smyrf' | head -n 2" -- "$PYTHON" benchmarks/attention.py --quick --device cuda --dtype bf16 \
   --out "$out/attention.json"
 
-step_note="grep -E '^(dense|smyrf)' | awk '{print \$1\": \"\$2\" s, \"\$4\" GiB\"}'"
+step_note="grep -E '^(dense|smyrf)' | awk '{print \$1\": \"\$2\" s, \"\$6\" GiB\"}'"  # case, median s, peak GiB
 stage step_128 "$step_note" -- "$PYTHON" benchmarks/train_step.py --device cuda --precision bf16 --batch "$batch" \
-  --steps 5 --warmup 2 --config configs/celebahq128_smyrf.yaml --cases dense@64 dense@128 smyrf@128 \
+  --steps 5 --rounds 1 --warmup 2 --config configs/celebahq128_smyrf.yaml --cases dense@64 dense@128 smyrf@128 \
   --out "$out/train_step_128.json"
 stage step_256 "$step_note" -- "$PYTHON" benchmarks/train_step.py --device cuda --precision bf16 --batch "$batch" \
-  --steps 5 --warmup 2 --config configs/celebahq256_smyrf.yaml --ch 0 --cases dense@128 smyrf@256 \
+  --steps 5 --rounds 1 --warmup 2 --config configs/celebahq256_smyrf.yaml --ch 0 --cases dense@128 smyrf@256 \
   --out "$out/train_step_256.json"
 
 train_args=(--config configs/demo.yaml name=gpu_check "out_dir=$out/runs" runtime.kind=cuda runtime.precision=bf16
