@@ -98,7 +98,7 @@ def test_without_sync_bn_ranks_agree_but_differ_from_one_process(two_processes: 
 
 
 def _torchrun_train(out_dir: Path, datasets: Path, steps: int, *extra: str) -> Path:
-    """``torchrun --nproc_per_node=2 train.py`` on the tiny demo (gloo, one thread each); returns the run's checkpoints."""
+    """``torchrun --nproc_per_node=2 train.py`` on the tiny demo (gloo, one thread each); returns its checkpoints."""
     env = {k: v for k, v in child_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            *tiny_overrides(out_dir, datasets, steps, ckpt_every=2), "name=ddp", *extra]

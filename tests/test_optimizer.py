@@ -14,9 +14,9 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
-def _train(opt_class, steps: int = 5, net: nn.Module | None = None, **kwargs) -> tuple[nn.Module, torch.optim.Optimizer]:
+def _train(opt_class, steps: int = 5, **kwargs) -> tuple[nn.Module, torch.optim.Optimizer]:
     """``steps`` updates on fixed random data (the same for every optimiser under test)."""
-    net = net or _net()
+    net = _net()
     opt = opt_class(net.parameters(), lr=1e-2, **kwargs)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):

@@ -51,7 +51,7 @@ class SpectralNorm:
         self.register_buffer("sv", torch.ones(()))
 
     def sigma(self) -> torch.Tensor:
-        """sigma_max(weight) as an fp32 scalar from power iteration; the gradient flows through it (not through u, v)."""
+        """sigma_max(weight), an fp32 scalar from power iteration; the gradient flows through it (not through u, v)."""
         weight = self.weight
         with fp32_region(weight.device):
             w = weight.float().reshape(weight.shape[0], -1)  # (out, in·kh·kw)

@@ -8,9 +8,10 @@ foreach or fused, as configured) in the first moment's place. The update is ther
 weight ``1 - beta1 = 1`` the kernel's ``m.lerp_(g, 1)`` leaves ``m = g`` exactly, and the bias correction
 ``1 - beta1**t`` is 1.
 
-Anything else (beta1 > 0; weight decay or ``maximize``, which make the kernel derive a new gradient tensor that the
-aliased first moment would not follow; amsgrad, capturable, differentiable) runs ``torch.optim.Adam`` unchanged. A checkpoint written with
-beta1 = 0 has no first moment; resumed with beta1 > 0, the moment starts from zero, as in a fresh Adam.
+Anything else runs ``torch.optim.Adam`` unchanged: beta1 > 0; weight decay or ``maximize``, which make the kernel
+derive a new gradient tensor that the aliased first moment would not follow; amsgrad, capturable, differentiable. A
+checkpoint written with beta1 = 0 has no first moment; resumed with beta1 > 0, the moment starts from zero, as in a
+fresh Adam.
 """
 
 from __future__ import annotations

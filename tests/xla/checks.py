@@ -32,8 +32,8 @@ from biggan.models import (
 )
 from biggan.runtime import Runtime, RuntimeConfig
 from biggan.training.checkpoint import FORMAT_VERSION, load_checkpoint, load_state_strict, save_checkpoint
-from biggan.training.optimizer import LeanAdam
 from biggan.training.losses import hinge_d, hinge_g
+from biggan.training.optimizer import LeanAdam
 from biggan.training.steps import d_step, g_step
 from smyrf import smyrf_attention
 
