@@ -8,20 +8,14 @@ A case is ``dense@RES`` or ``smyrf@RES`` (SMYRF with ``--n-hashes``/``--q-cluste
 default 4 x 2048/512): G's attention list becomes that one layer; everything else comes from ``--config`` plus the
 flags. Defaults are the issue's comparison: BigGAN-128, ch 96, one class (``smyrf_repro``), batch 2.
 
-Every measurement runs in a fresh subprocess through the trainer's ``d_step``/``g_step``, ``LeanAdam`` and the
-runtime seam. Warm-up steps (allocator pools, lazy init, cuDNN autotuning) are excluded, and each timed step is closed
-by a device synchronisation.
-- Time: ``--rounds`` processes, each building every case and stepping them in turn (A B C A B C ..., ``--steps`` each)
-  under the allocator that training runs with. A case's time is the median of its steps; a target's ratio is the
-  median of the ratios of steps taken next to each other, so the load of the shared machine, which drifts by tens of
-  percent within minutes, does not decide it (separate processes per case, minutes apart, gave ratios from 1.01 to
-  1.27 for the same pair). Process CPU time of the same steps is reported too.
-- Memory: one process per case, so its peak belongs to it alone. CPU peak is the peak RSS during one step (VmHWM after
-  a reset), i.e. weights + optimiser state + activations, like the reference numbers in the README; "rise" is that peak
-  minus the RSS at the reset. glibc's mmap threshold is fixed at 128 KiB there so that freed buffers leave RSS (RSS =
-  live memory). That setting is kept out of the timing: every buffer over 128 KiB then becomes a fresh mapping,
-  page-faulted on first touch, which slows SMYRF's many medium-sized gathers far more than convolutions. CUDA peak:
-  ``max_memory_allocated``, rise above the allocation at the reset.
+Cases are measured side by side (``benchmarks/side_by_side.py``) through the trainer's ``d_step``/``g_step``,
+``LeanAdam`` and the runtime seam, each step closed by a device synchronisation, warm-up steps excluded:
+- time: ``--rounds`` processes, each building every case and stepping them in turn, ``--steps`` steps each; a case's
+  time is the median of its steps, a target's ratio the median of the ratios of neighbouring steps; process CPU time
+  of the same steps is reported too;
+- memory: one process per case. CPU peak is the peak RSS during one step with RSS following live memory, i.e.
+  weights + optimiser state + activations, like the reference numbers in the README; "rise" is the peak above the
+  memory before that step. CUDA: ``max_memory_allocated``.
 Weights use N(0, 0.02) init: orthogonal init of the ch=96 matrices takes minutes on a small CPU and costs nothing per
 step. Attention gamma is set to 1 so the attention path is live in backward. On a shared machine compare ratios
 within one run, never absolute times.
@@ -31,19 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
+from benchmarks.side_by_side import combine, paired_ratio, peak_of, run_child, times_in_turn  # noqa: E402
 from biggan.config import load_config  # noqa: E402
 from biggan.models import AttentionConfig, attention_gammas, build_discriminator, build_generator  # noqa: E402
 from biggan.runtime import Runtime, RuntimeConfig  # noqa: E402
@@ -101,76 +92,6 @@ def _runtime(args: argparse.Namespace) -> Runtime:
     return Runtime.setup(RuntimeConfig(kind=args.device, precision=args.precision, threads=args.threads))
 
 
-def measure_memory(case: str, args: argparse.Namespace) -> dict:
-    """Peak memory of one step of ``case`` after ``args.warmup`` steps, in this process (which holds nothing else)."""
-    rt = _runtime(args)
-    step = build_step(case, args, rt)
-    for _ in range(args.warmup):
-        step()
-    rt.reset_peak_memory()
-    base = torch.cuda.memory_allocated(rt.device) if rt.kind == "cuda" else rt.peak_memory_bytes()
-    step()
-    peak = rt.peak_memory_bytes()
-    return {"case": case, "peak_bytes": peak, "rise_bytes": peak - base}
-
-
-def measure_times(cases: list[str], args: argparse.Namespace) -> dict[str, dict]:
-    """Wall and process CPU time of ``args.steps`` steps per case, the cases stepping in turn (A B C A B C ...) so that
-    neighbouring steps of different cases see the same machine load."""
-    rt = _runtime(args)
-    steps = {case: build_step(case, args, rt) for case in cases}
-    for step in steps.values():
-        for _ in range(args.warmup):
-            step()
-    times: dict[str, dict] = {case: {"times_s": [], "cpu_s": []} for case in cases}
-    for _ in range(args.steps):
-        for case, step in steps.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            step()
-            times[case]["times_s"].append(time.perf_counter() - start)
-            times[case]["cpu_s"].append(time.process_time() - cpu_start)
-    return times
-
-
-def run_child(argv: list[str], mode: str, case: Optional[str] = None) -> dict:
-    """A fresh process measuring "memory" (one case; glibc returns every freed buffer at once, so RSS = live memory)
-    or "time" (every case, with the allocator training runs with); an error becomes {"error": ...}, not an abort."""
-    env = dict(os.environ)
-    if mode == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    proc = subprocess.run([sys.executable, __file__, *argv, f"--child-{mode}", case or "all"], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def combine(cases: list[str], memory: list[dict], rounds: list[dict]) -> list[dict]:
-    """One row per case: median wall and CPU time over every timed step of every round, per-step ratios kept for the
-    targets (``paired``), and the peak and rise of the case's memory process."""
-    rows = []
-    for case, mem in zip(cases, memory):
-        errors = [r["error"] for r in (mem, *rounds) if "error" in r]
-        if errors:
-            rows.append({"case": case, "error": errors[0]})
-            continue
-        wall = [t for r in rounds for t in r[case]["times_s"]]
-        cpu = [t for r in rounds for t in r[case]["cpu_s"]]
-        rows.append({"case": case, "median_s": statistics.median(wall), "median_cpu_s": statistics.median(cpu),
-                     "times_s": wall, "cpu_s": cpu, "peak_bytes": mem["peak_bytes"], "rise_bytes": mem["rise_bytes"]})
-    return rows
-
-
-def paired_ratio(case: dict, base: dict, key: str) -> tuple[float, list[float]]:
-    """case/base. Time: the median of the ratios of steps taken next to each other (the same machine load), so a
-    drift in the shared machine's load between steps does not decide it. Memory: one measurement per case."""
-    if key == "peak_bytes":
-        return case[key] / base[key], [case[key] / base[key]]
-    ratios = [c / b for c, b in zip(case["times_s"], base["times_s"])]
-    return statistics.median(ratios), ratios
-
-
 def report(results: list[dict], args: argparse.Namespace) -> None:
     ok = {r["case"]: r for r in results if "error" not in r}
     ref = next(iter(ok.values()), None)
@@ -183,8 +104,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         if "error" in r:
             print(f"{r['case']:<12}  error: {r['error']}")
             continue
-        print(f"{r['case']:<12}{r['median_s']:>10.3f}{r['median_s'] / ref['median_s']:>8.2f}"
-              f"{r['median_cpu_s']:>9.2f}{r['median_cpu_s'] / ref['median_cpu_s']:>7.2f}"
+        x_time, x_cpu = (paired_ratio(r, ref, key)[0] for key in ("median_s", "median_cpu_s"))
+        print(f"{r['case']:<12}{r['median_s']:>10.3f}{x_time:>8.2f}{r['median_cpu_s']:>9.2f}{x_cpu:>7.2f}"
               f"{r['peak_bytes'] / 2**30:>10.2f}{r['peak_bytes'] / ref['peak_bytes']:>8.2f}"
               f"{r['rise_bytes'] / 2**30:>10.2f}")
     for case, base, key, limit in TARGETS:
@@ -218,15 +139,18 @@ def main() -> int:
     parser.add_argument("--child-time", help=argparse.SUPPRESS)  # internal: every case's times, one JSON line
     args, argv = parser.parse_args(), sys.argv[1:]
     if args.child_memory:
-        print(json.dumps(measure_memory(args.child_memory, args)))
+        rt = _runtime(args)
+        print(json.dumps(peak_of(build_step(args.child_memory, args, rt), rt, args.warmup)))
         return 0
     if args.child_time:
-        print(json.dumps(measure_times(args.cases, args)))
+        rt = _runtime(args)
+        steps = {case: build_step(case, args, rt) for case in args.cases}
+        print(json.dumps(times_in_turn(steps, rt, args.steps, args.warmup)))
         return 0
     for case in args.cases:
         attention_case(case, args)  # reject a malformed case before any subprocess starts
-    memory = [run_child(argv, "memory", case) for case in args.cases]
-    rounds = [run_child(argv, "time") for _ in range(args.rounds)]
+    memory = [run_child(__file__, argv, "memory", case) for case in args.cases]
+    rounds = [run_child(__file__, argv, "time") for _ in range(args.rounds)]
     results = combine(args.cases, memory, rounds)
     report(results, args)
     if args.out:
