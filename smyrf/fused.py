@@ -141,6 +141,13 @@ def _round_chunks(n_hashes: int, b: int, nq: int, nk: int, ck: int, ed: int, ev:
     return [(t, min(t + size, n_hashes)) for t in range(0, n_hashes, size)]
 
 
+def _chunk_dest(idx: Tensor, t0: int, t1: int) -> Tensor:
+    """Rows of rounds t0..t1 of ``idx`` (H, B*N) in an (hc*B*N,) stack of their outputs (round r offset by r*B*N)."""
+    rows = idx.shape[1]
+    offsets = torch.arange(t1 - t0, device=idx.device).unsqueeze(-1) * rows  # (hc, 1)
+    return (idx[t0:t1] + offsets).reshape(-1)  # (hc*B*N,)
+
+
 def _unsort_rows(x: Tensor, dest: Tensor, rows: int) -> Tensor:
     """x (hc*B*N, e) in sorted order -> (hc, B*N, e) in original order, by one index_copy_ (a scatter)."""
     out = torch.empty(dest.numel(), x.shape[-1], dtype=x.dtype, device=x.device)
@@ -184,7 +191,7 @@ class _SmyrfFunction(torch.autograd.Function):
             s_v = v_flat.index_select(0, ik.reshape(-1)).view(hc * b, nc, ck, ev)  # (hc*B, nc, ck, ev)
             s_out, s_lse = _FORWARD[kernel](s_q, s_k, s_v, scale)  # (hc*B, nc, cq, ev), (hc*B, nc, cq)
             del s_q, s_k, s_v
-            dest = (iq + torch.arange(hc, device=iq.device).unsqueeze(-1) * (b * nq)).reshape(-1)  # (hc*B*Nq,)
+            dest = _chunk_dest(idx_q, t0, t1)  # (hc*B*Nq,)
             out_c = _unsort_rows(s_out.reshape(-1, ev).to(acc_dtype), dest, b * nq)  # (hc, B*Nq, ev)
             lse_c = _unsort_rows(s_lse.reshape(-1, 1).to(acc_dtype), dest, b * nq)  # (hc, B*Nq, 1)
             del s_out, s_lse
@@ -225,9 +232,7 @@ class _SmyrfFunction(torch.autograd.Function):
             s_dq, s_dk, s_dv = _BACKWARD[kernel](s_dout, s_q, s_k, s_v, s_out, s_lse, scale)
             del s_q, s_k, s_v, s_dout, s_out, s_lse
             # Unsort each round with unique indices, then sum over the chunk's rounds: deterministic on every backend.
-            rounds = torch.arange(hc, device=iq.device).unsqueeze(-1)  # (hc, 1)
-            dest_q = (idx_q[t0:t1] + rounds * (b * nq)).reshape(-1)  # (hc*B*Nq,)
-            dest_k = (idx_k[t0:t1] + rounds * (b * nk)).reshape(-1)  # (hc*B*Nk,)
+            dest_q, dest_k = _chunk_dest(idx_q, t0, t1), _chunk_dest(idx_k, t0, t1)  # (hc*B*Nq,), (hc*B*Nk,)
             d_q += _unsort_rows(s_dq.reshape(-1, ed).to(grad_dtype), dest_q, b * nq).sum(0)  # (B*Nq, ed)
             d_k += _unsort_rows(s_dk.reshape(-1, ed).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ed)
             d_v += _unsort_rows(s_dv.reshape(-1, ev).to(grad_dtype), dest_k, b * nk).sum(0)  # (B*Nk, ev)

@@ -29,12 +29,16 @@ B, STEPS = 8, 2  # global batch; D+G steps (the second step's losses see the fir
 pytestmark = pytest.mark.ddp
 
 
+def _torchrun_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without the rank variables of any torchrun this test itself runs under (torchrun sets its own)."""
+    return {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+
+
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One torchrun of two gloo processes with B/2 images each, training both variants (one start-up)."""
     out = tmp_path_factory.mktemp("ddp")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(ROOT)
+    env = _torchrun_env(os.environ | {"PYTHONPATH": str(ROOT)})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
            "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS), "--variants", "sync_bn", "plain"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -99,7 +103,7 @@ def test_without_sync_bn_ranks_agree_but_differ_from_one_process(two_processes: 
 
 def _torchrun_train(out_dir: Path, datasets: Path, steps: int, *extra: str) -> Path:
     """``torchrun --nproc_per_node=2 train.py`` on the tiny demo (gloo, one thread each); returns its checkpoints."""
-    env = {k: v for k, v in child_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env = _torchrun_env(child_env())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            *tiny_overrides(out_dir, datasets, steps, ckpt_every=2), "name=ddp", *extra]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from biggan.fid.config import FIDConfig, metric_name
 from biggan.fid.evaluate import (
-                                 FIDEvaluator,
-                                 build_fid_evaluator,
-                                 ensure_reference_stats,
-                                 fid_of_generator,
-                                 quantize_uint8,
-                                 stats_of_batches,
+    FIDEvaluator,
+    build_fid_evaluator,
+    ensure_reference_stats,
+    fid_of_generator,
+    quantize_uint8,
+    stats_of_batches,
 )
 from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, RefStats, frechet_distance, load_stats, save_stats

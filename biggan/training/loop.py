@@ -127,9 +127,10 @@ class _Trainer:
             self._restore(path)
         else:
             self.log.line(f"new run in {self.run_dir.root}: {cfg.train.total_steps} steps, global batch {self.global_batch}")
+        resolved = dump_config(cfg)
         if self.runtime.is_main:  # everything was accepted: now this invocation may describe the run
-            self.run_dir.write_config(dump_config(cfg))
-        self.log.text("config", dump_config(cfg), st.step)  # each (re)start: a resumed run may change e.g. total_steps
+            self.run_dir.write_config(resolved)
+        self.log.text("config", resolved, st.step)  # each (re)start: a resumed run may change e.g. total_steps
         if st.step >= cfg.train.total_steps:
             self.log.line(f"already at step {st.step} >= train.total_steps {cfg.train.total_steps}; nothing to do")
             return 0

@@ -145,6 +145,7 @@ class TrainingState:
         several. ``rng`` and ``attention_rng`` are always this (the main) process's.
         """
         host = self.runtime.to_host
+        own = process_rng[0] if process_rng else self.process_rng_state()  # gathered a moment ago: not drawn again
         extra = {"process_rng": process_rng} if process_rng is not None and len(process_rng) > 1 else {}
         return {
             "format_version": FORMAT_VERSION,
@@ -159,7 +160,7 @@ class TrainingState:
             "opt_G": host(self.opt_G.state_dict()),
             "opt_D": host(self.opt_D.state_dict()),
             "data": self.stream.state_dict(),
-            **self.process_rng_state(),  # "rng" and "attention_rng"
+            **own,  # "rng" and "attention_rng"
             "divergence": self.guard.state_dict(),
             **extra,
         }
