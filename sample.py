@@ -37,15 +37,19 @@ def main() -> int:
     args = parser.parse_args()
 
     from biggan.errors import UserError
-    from biggan.training.generator_io import apply_attention, attention_overrides, interpolation_latents, load_generator
-    from biggan.training.sampling import generate, latents_for_seeds, parse_seeds, save_grid, save_image_files
+    from biggan.generation.attention import attention_overrides
+    from biggan.generation.checkpoint import load_generator
+    from biggan.generation.generate import generate
+    from biggan.generation.latents import interpolation_latents, latents_for_seeds, parse_seeds
+    from biggan.images import save_grid, save_image_files
+    from biggan.models import set_attention
 
     if not (args.grid or args.outdir):
         raise UserError("nothing to write: give --grid PNG and/or --outdir DIR")
     if args.batch_size < 1 or args.truncation <= 0:
         raise UserError("--batch-size must be >= 1 and --truncation > 0")
     G, cfg, info = load_generator(args.checkpoint, use_ema=not args.use_g, device=args.device)
-    apply_attention(G, attention_overrides(cfg, args.attention, args.n_hashes, args.q_cluster_size, args.k_cluster_size))
+    set_attention(G, attention_overrides(cfg, args.attention, args.n_hashes, args.q_cluster_size, args.k_cluster_size))
     seeds = parse_seeds(args.seeds)
     z = latents_for_seeds(seeds, cfg.dim_z, args.truncation)  # (K, dim_z)
     names = [f"seed{s:04d}" for s in seeds]

@@ -27,12 +27,10 @@ def main() -> int:
     parser.add_argument("--resume", metavar="PATH", help="resume from this checkpoint instead of the run's latest.pt")
     args = parser.parse_args()
 
-    from biggan.config import load_config  # imported after argparse so that --help is instant
+    from biggan.training.config import describe_run, load_config  # after argparse, so that --help is instant
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        from biggan.training.summary import describe_run
-
         print(describe_run(cfg))
         return 0
     from biggan.runtime import Runtime

@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 
 from benchmarks.side_by_side import combine, paired_ratio, peak_of, run_child, times_in_turn  # noqa: E402
-from biggan.config import load_config  # noqa: E402
+from biggan.training.config import load_config  # noqa: E402
 from biggan.models import AttentionConfig, attention_gammas, build_discriminator, build_generator  # noqa: E402
 from biggan.runtime import Runtime, RuntimeConfig  # noqa: E402
 from biggan.training.losses import hinge_d, hinge_g  # noqa: E402
 from biggan.training.optimizer import LeanAdam  # noqa: E402
-from biggan.training.steps import d_step, g_step  # noqa: E402
+from biggan.training.steps import StepContext, d_step, g_step  # noqa: E402
 
 TARGETS = (  # (case, baseline, quantity, at most): the goals for SMYRF@128 at 128/ch 96/batch 2 on CPU
     ("smyrf@128", "dense@64", "median_s", 1.15),
@@ -74,14 +74,15 @@ def build_step(case: str, args: argparse.Namespace, rt: Runtime) -> Callable[[],
     opt_G = LeanAdam(G.parameters(), lr=5e-5, betas=(0.0, 0.999), eps=1e-6)  # the trainer's optimiser
     opt_D = LeanAdam(D.parameters(), lr=2e-4, betas=(0.0, 0.999), eps=1e-6)
     gen = torch.Generator().manual_seed(0)
+    ctx = StepContext(rt.optimizer_step, rt.autocast)
 
     def step() -> None:
         x_real = rt.shard_batch(torch.rand(args.batch, 3, cfg.resolution, cfg.resolution, generator=gen) * 2 - 1)
         z_d = rt.shard_batch(torch.randn(args.batch, cfg.dim_z, generator=gen))
         z_g = rt.shard_batch(torch.randn(args.batch, cfg.dim_z, generator=gen))
-        d_step(G, D, opt_D, x_real, z_d, None, hinge_d, rt.optimizer_step, rt.autocast)
+        d_step(G, D, opt_D, x_real=x_real, z=z_d, loss=hinge_d, ctx=ctx)
         rt.mark_step()
-        g_step(G, rt.unwrap(D), opt_G, z_g, None, hinge_g, rt.optimizer_step, rt.autocast)
+        g_step(G, rt.unwrap(D), opt_G, z=z_g, loss=hinge_g, ctx=ctx)
         rt.mark_step()
         rt.synchronize()
 

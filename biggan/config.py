@@ -1,10 +1,16 @@
-"""The root run configuration and its strict YAML loader.
+"""The one strict config loader: YAML mappings <-> typed dataclasses, used by every config section.
 
-Each part owns its dataclass next to its code (``ModelConfig``, ``DataConfig``, ``FIDConfig``, ``RuntimeConfig``,
-``TrainConfig``, ``LogConfig``); :class:`Config` composes them. YAML files hold only the deltas over the dataclass
-defaults; ``key.sub=value`` command-line overrides are parsed as YAML scalars and checked against the field type.
-The loader reflects on dataclass fields, so a misspelt key or a value of the wrong type is one :class:`ConfigError`
-naming the key path and what is allowed, instead of being silently swallowed (the incumbent's ``**kwargs`` problem).
+Each part owns its section next to its code (``ModelConfig``, ``DataConfig``, ``FIDConfig``, ``RuntimeConfig``,
+``TrainConfig``, ``LogConfig``); the run config that composes them is :class:`biggan.training.config.Config`. This
+module knows none of them: it reflects on dataclass fields, so a misspelt key or a value of the wrong type is one
+:class:`ConfigError` naming the key path and what is allowed, instead of being silently swallowed (the incumbent's
+``**kwargs`` problem).
+
+Every section subclasses :class:`Section`, whose ``__post_init__`` checks the field ranges and then the section's own
+``check``: a config object is checked once, when it is made, whether from YAML, from a checkpoint or in code.
+Numeric fields declare their range with :func:`number` (a test holds every numeric field to having one); float fields
+refuse NaN and infinity. YAML files are read with a loader that refuses a key written twice, and an empty file is an
+error rather than silently "all defaults".
 
 Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
 ``tuple[X, ...]`` / ``tuple[X, Y]`` and nested dataclasses (also inside lists).
@@ -12,48 +18,120 @@ Supported field types: ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import inspect
+import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
 
-from biggan.data.config import DataConfig
 from biggan.errors import ConfigError
-from biggan.fid.config import FIDConfig
-from biggan.models.config import ModelConfig
-from biggan.runtime import RuntimeConfig
-from biggan.training.config import LogConfig, TrainConfig
 
-__all__ = ["Config", "load_config", "from_dict", "to_dict", "apply_overrides", "dump_config"]
+__all__ = [
+    "Section",
+    "Range",
+    "number",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "read_yaml",
+    "dump_yaml",
+]
 
 T = TypeVar("T")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# The key path of the section being built by from_dict; a section made in code reports its ``where`` instead.
+_BUILDING: ContextVar[str | None] = ContextVar("biggan_config_path", default=None)
 
 
-@dataclass
-class Config:
-    """Everything a run needs; resolved, it is written to the run directory and into every checkpoint."""
+# ---------------------------------------------------------------------------------------------------------------------
+# Ranges and sections
 
-    name: str = "demo"  # run name: the run directory is <out_dir>/<name>
-    seed: int = 0  # seeds weights, z, data order and SMYRF hashing (each rank derives its own streams)
-    out_dir: str = "runs"  # parent of run directories
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    fid: FIDConfig = field(default_factory=FIDConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    log: LogConfig = field(default_factory=LogConfig)
 
-    def validate(self) -> None:
-        """Top-level values; every nested section validates itself."""
-        if not self.name or "/" in self.name or self.name in (".", ".."):
-            raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field may take: ``low <= x`` (``low < x`` when ``low_open``), likewise ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+def number(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A dataclass field for a number (or tuple of numbers, or None) with its allowed range, e.g. ``number(1, ge=1)``."""
+    low, low_open = (gt, True) if gt is not None else (ge, False)
+    high, high_open = (lt, True) if lt is not None else (le, False)
+    return dataclasses.field(default=default, metadata={"range": Range(low, high, low_open, high_open)})
+
+
+class Section:
+    """Base of every config dataclass: when made, its field ranges and then its :meth:`check` rules are checked.
+
+    ``where`` names the section in error messages when it is made in code; from YAML the loader's key path is used
+    (e.g. ``model.G.attention[1]``).
+    """
+
+    where: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        building = _BUILDING.get()
+        self.validate(self.where if building is None else building)
+
+    def validate(self, where: str | None = None) -> None:
+        """Check ranges, then :meth:`check`; ConfigError naming the key path (``where``, default :attr:`where`)."""
+        where = self.where if where is None else where
+        _check_ranges(self, where)
+        self.check(where)
+
+    def check(self, where: str) -> None:
+        """Rules between this section's fields (ranges are checked already); raise ConfigError naming keys."""
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _check_ranges(obj: Any, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        allowed = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{_key(where, f.name)} must be a finite number, got {item}")
+            if allowed is not None and isinstance(item, (int, float)) and not isinstance(item, bool) \
+                    and item not in allowed:
+                raise ConfigError(f"{_key(where, f.name)} must be {allowed.describe()}, got {value}")
+
+
+@contextlib.contextmanager
+def _building(path: str) -> Iterator[None]:
+    token = _BUILDING.set(path)
+    try:
+        yield
+    finally:
+        _BUILDING.reset(token)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -145,41 +223,30 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], path: str = "") -> T:
-    """Build dataclass ``cls`` from ``data`` over its defaults; strict keys and types; calls ``validate()``."""
+    """Build dataclass ``cls`` from ``data`` over its defaults: strict keys and types, ranges, ``validate()``.
+
+    A nested section given as a mapping is a delta over that field's default (which may differ from the class
+    defaults); lists are replaced whole. ``path`` is the key path of ``data`` for error messages.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{path or '<root>'}: expected a mapping ({cls.__name__}), got {data!r}")
     types_ = _field_types(cls)
     unknown = sorted(set(data) - set(types_))
     if unknown:
-        where = f"{path}.{unknown[0]}" if path else str(unknown[0])
-        raise ConfigError(f"unknown config key {where!r}; allowed keys{' in ' + path if path else ''}: {', '.join(types_)}")
-    defaults = _defaults(cls)
+        where = f"{path}: " if path else ""
+        raise ConfigError(
+            f"{where}unknown key(s) {unknown} (unknown config key {_key(path, str(unknown[0]))!r}; "
+            f"allowed keys{' in ' + path if path else ''}: {', '.join(types_)})"
+        )
+    defaults = cls()
     kwargs = {}
     for name, value in data.items():
-        default = getattr(defaults, name, None)
+        default = getattr(defaults, name)
         if isinstance(value, dict) and dataclasses.is_dataclass(default):
-            # A section in YAML is a delta over this field's default (which may differ from the class defaults).
             value = _merge(to_dict(default), value)
-        kwargs[name] = _convert(value, types_[name], f"{path}.{name}" if path else name)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate) and _callable_without_args(validate):
-        validate()  # sections whose validate() needs context (e.g. a key path) are validated by their parent
-    return obj
-
-
-def _callable_without_args(fn: Any) -> bool:
-    """True if ``fn()`` is a valid call (every parameter has a default)."""
-    params = inspect.signature(fn).parameters.values()
-    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
-
-
-def _defaults(cls: type) -> Any:
-    """The all-defaults instance of ``cls`` (None if some field has no default)."""
-    try:
-        return cls()
-    except TypeError:
-        return None
+        kwargs[name] = _convert(value, types_[name], _key(path, name))
+    with _building(path):
+        return cls(**kwargs)
 
 
 def _merge(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +285,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key.sub=value")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=_StrictLoader)
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({str(err).splitlines()[0]})") from None
         parts = key.split(".")
@@ -253,27 +320,42 @@ def _child(node: Any, part: str, path: str) -> Any:
     return node[part]
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping, with a one-line error for missing or malformed files."""
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping with the same key twice is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} is written twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one non-empty YAML mapping; one-line ConfigError for a missing, malformed or empty file, or a repeated key."""
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML file, e.g. configs/demo.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"config file {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        raise ConfigError(f"config file {str(path)!r} is empty; list the settings that differ from the defaults "
+                          "(e.g. copy configs/demo.yaml), or leave out --config")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (deltas) <- ``key.sub=value`` overrides, checked strictly, then validated."""
-    cfg = from_dict(Config, _read_yaml(Path(path)) if path is not None else {})
-    if overrides:
-        cfg = from_dict(Config, apply_overrides(to_dict(cfg), list(overrides)))
-    return cfg
-
-
-def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML (field order kept), loadable by :func:`load_config`."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False, width=120)
+def dump_yaml(obj: Any) -> str:
+    """A config dataclass tree as YAML (field order kept), loadable by :func:`read_yaml` + :func:`from_dict`."""
+    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False, width=120)

@@ -1,17 +1,49 @@
 """Prepare CelebA-HQ for training: ``python -m data.prepare_celebahq SRC OUT --resolution 128 256``.
 
 SRC is a folder (searched recursively) or a zip of square JPG/PNG images in any common CelebA-HQ form. OUT/<res>/
-receives ``images.npy`` (uint8 memmap), ``manifest.json`` and ``fid_stats_d2048.npz``; point ``data.path`` at it with
-``data.kind: prepared``. Rerunning skips finished work. See :mod:`biggan.data.prepare` for the steps.
+receives ``images.npy`` (uint8 memmap) and ``manifest.json`` (:mod:`biggan.data.prepare`), then the FID reference
+statistics ``fid_stats_d2048.npz`` of all prepared images (:mod:`biggan.fid`); point ``data.path`` at it with
+``data.kind: prepared``. Rerunning skips finished work: up-to-date images, and statistics made by the same extractor
+from the same number of images.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
-from biggan.data.prepare import CELEBAHQ_COUNT, prepare_dataset
+from biggan.data import PreparedDataset
+from biggan.data.prepare import CELEBAHQ_COUNT, PrepareReport, prepare_dataset
 from biggan.errors import cli_main
+from biggan.fid import ensure_reference_stats, load_extractor, reference_stats_current
+from biggan.fid.extractor import extractor_identity
+from biggan.fid.weights import resolve_weights_path
+
+
+def prepare(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
+            skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT, fid_dims: Sequence[int] = (2048,),
+            weights_path: str | None = None, batch_size: int = 50, workers: int = 1,
+            device: str = "cpu") -> PrepareReport:
+    """Prepared images at every resolution, then their FID reference statistics at each of ``fid_dims``.
+
+    The weights are checked before any image is touched, so a missing file fails in seconds, not after decoding.
+    """
+    weights = resolve_weights_path(weights_path) if fid_dims else None  # WeightsError before any work
+    report = prepare_dataset(src, out, resolutions, resample=resample, skip_bad=skip_bad, expect_count=expect_count,
+                             workers=workers)
+    extractors = {}
+    for res in resolutions:
+        dataset = PreparedDataset(Path(out) / str(res), res)
+        for dims in fid_dims:
+            if reference_stats_current(dataset.reference_stats_path(dims), extractor_identity(weights, dims),
+                                       len(dataset)):
+                continue
+            if dims not in extractors:  # built only when statistics must be computed (a few seconds each)
+                extractors[dims] = load_extractor(weights, device, dims)
+            report.stats_written.append(ensure_reference_stats(dataset, extractors[dims], batch_size))
+    return report
 
 
 def main() -> int:
@@ -31,9 +63,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode processes")
     parser.add_argument("--device", default="cpu", help="device for the Inception network, e.g. cuda")
     args = parser.parse_args()
-    report = prepare_dataset(args.src, args.out, args.resolution, resample=args.filter, skip_bad=args.skip_bad,
-                             expect_count=args.expect_count, fid_dims=args.fid_dims, weights_path=args.weights,
-                             batch_size=args.batch_size, workers=args.workers, device=args.device)
+    report = prepare(args.src, args.out, args.resolution, resample=args.filter, skip_bad=args.skip_bad,
+                     expect_count=args.expect_count, fid_dims=args.fid_dims, weights_path=args.weights,
+                     batch_size=args.batch_size, workers=args.workers, device=args.device)
     src = report.source
     print(f"source: {src.path} ({src.form}, layout {src.layout}, {len(src.names)} images)")
     for problem in report.skipped:

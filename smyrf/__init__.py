@@ -9,6 +9,7 @@ Public API:
 - ``dense_attention(q, k, v, scale=None)``, the exact oracle
 - the pure steps: ``asymmetric_transform``, ``draw_projections``, ``hash_rounds``, ``balanced_clusters``,
   ``attend_in_clusters``, ``unsort``, ``combine_rounds`` (and ``kdtree_levels`` for the "kdtree" hashing)
+- ``check_cluster_sizes(Nq, Nk, cq, ck)``: the one validation of cluster sizes, for layers built on SMYRF
 
 Shape legend: B rows (leading dims flattened); Nq, Nk queries/keys; d, dv query/key and value dims; H hash rounds;
 nc clusters per round; cq, ck cluster sizes; ``s_`` prefix = sorted (clustered) order of one round.
@@ -17,7 +18,14 @@ nc clusters per round; cq, ck cluster sizes; ``s_`` prefix = sorted (clustered) 
 from smyrf.attention import SmyrfAttention
 from smyrf.dense import dense_attention
 from smyrf.functional import attend_in_clusters, combine_rounds, smyrf_attention, unsort
-from smyrf.hashing import asymmetric_transform, balanced_clusters, draw_projections, hash_rounds, kdtree_levels
+from smyrf.hashing import (
+    asymmetric_transform,
+    balanced_clusters,
+    check_cluster_sizes,
+    draw_projections,
+    hash_rounds,
+    kdtree_levels,
+)
 
 __all__ = [
     "smyrf_attention",
@@ -31,4 +39,5 @@ __all__ = [
     "unsort",
     "combine_rounds",
     "kdtree_levels",
+    "check_cluster_sizes",
 ]

@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["asymmetric_transform", "draw_projections", "hash_rounds", "balanced_clusters", "kdtree_levels"]
+__all__ = [
+    "asymmetric_transform",
+    "draw_projections",
+    "hash_rounds",
+    "balanced_clusters",
+    "kdtree_levels",
+    "check_cluster_sizes",
+]
 
 
 def _hash_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,22 +179,27 @@ def _kdtree_sort(h: Tensor, factors: list[int]) -> Tensor:
 
 
 def check_cluster_sizes(nq: int, nk: int, q_cluster_size: int, k_cluster_size: int) -> None:
-    """Raise ValueError unless cq | Nq, ck | Nk and Nq/cq == Nk/ck (a cluster must never span two rows)."""
-    if q_cluster_size < 1 or k_cluster_size < 1:
-        sizes = f"q_cluster_size={q_cluster_size}, k_cluster_size={k_cluster_size}"
-        raise ValueError(f"cluster sizes must be >= 1, got {sizes}")
-    if nq % q_cluster_size:
+    """Raise ValueError unless cq | Nq, ck | Nk and Nq/cq == Nk/ck (a cluster must never span two rows).
+
+    The one check of cluster sizes: ``smyrf_attention`` calls it on every call, and layers built on SMYRF call it
+    once when they are configured (e.g. BigGAN's attention block, with its token counts).
+    """
+    cq, ck = q_cluster_size, k_cluster_size
+    if cq < 1 or ck < 1:
+        raise ValueError(f"cluster sizes must be >= 1, got q_cluster_size={cq}, k_cluster_size={ck}")
+    if nq % cq:
         raise ValueError(
-            f"Nq={nq} is not divisible by q_cluster_size={q_cluster_size} (Nq % cq = {nq % q_cluster_size}); "
-            "choose a q_cluster_size that divides the number of queries"
+            f"q_cluster_size {cq} does not divide the {nq} queries (Nq={nq} with q_cluster_size={cq} leaves "
+            f"Nq % cq = {nq % cq}); choose a q_cluster_size that divides the number of queries"
         )
-    if nk % k_cluster_size:
+    if nk % ck:
         raise ValueError(
-            f"Nk={nk} is not divisible by k_cluster_size={k_cluster_size} (Nk % ck = {nk % k_cluster_size}); "
-            "choose a k_cluster_size that divides the number of keys"
+            f"k_cluster_size {ck} does not divide the {nk} keys (Nk={nk} with k_cluster_size={ck} leaves "
+            f"Nk % ck = {nk % ck}); choose a k_cluster_size that divides the number of keys"
         )
-    if nq // q_cluster_size != nk // k_cluster_size:
+    if nq // cq != nk // ck:
         raise ValueError(
-            f"query and key cluster counts differ: Nq/cq = {nq}/{q_cluster_size} = {nq // q_cluster_size} but "
-            f"Nk/ck = {nk}/{k_cluster_size} = {nk // k_cluster_size}; pick cluster sizes with Nq/cq == Nk/ck"
+            f"query and key cluster counts differ: Nq/cq = {nq}/{cq} = {nq // cq} but Nk/ck = {nk}/{ck} = {nk // ck} "
+            f"({nq}/{cq} = {nq // cq} query clusters but {nk}/{ck} = {nk // ck} key clusters); pick cluster sizes "
+            "with Nq/cq == Nk/ck"
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan.config import Config, load_config
+from biggan.training.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"

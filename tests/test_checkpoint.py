@@ -1,4 +1,5 @@
-"""The atomic checkpoint store: round trip, pruning, failed writes, and every way a checkpoint file can be bad."""
+"""The atomic checkpoint store: round trip, pruning, failed writes, and every way a checkpoint file can be bad; the
+training checkpoint schema on top of it."""
 
 from __future__ import annotations
 
@@ -14,20 +15,20 @@ import pytest
 import torch
 from torch import nn
 
-from biggan.errors import CheckpointError
-from biggan.training import checkpoint as ckpt
-from biggan.training.checkpoint import (
+from biggan import checkpoint as ckpt
+from biggan.checkpoint import (
     BEST_NAME,
     FORMAT_VERSION,
     LATEST_NAME,
-    REQUIRED_KEYS,
     find_latest,
     list_step_checkpoints,
     load_checkpoint,
-    load_state_strict,
     save_checkpoint,
     step_path,
 )
+from biggan.errors import CheckpointError
+from biggan.models import load_state_strict
+from biggan.training.state import REQUIRED_KEYS, read_checkpoint
 
 
 def _state(step: int) -> dict:
@@ -275,7 +276,7 @@ def test_missing_keys_and_newer_format(tmp_path: Path) -> None:
     path = tmp_path / "partial.pt"
     torch.save(state, path)
     with pytest.raises(CheckpointError) as err:
-        load_checkpoint(path)
+        read_checkpoint(path)
     assert "lacks the keys opt_D, rng" in _one_line(err)
     assert load_checkpoint(path, required=("config", "model_args", "G_ema"))["step"] == 1  # enough for sample.py
     torch.save(_state(1) | {"format_version": FORMAT_VERSION + 1}, path)

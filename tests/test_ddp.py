@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan.training.checkpoint import load_checkpoint
+from biggan.checkpoint import load_checkpoint
 from tests.bad_inputs.harness import child_env, tiny_overrides
 from tests.test_resume import _assert_identical
 
@@ -85,7 +85,7 @@ def _assert_losses_close(got: list[dict[str, float]], want: list[dict[str, float
 
 def test_sync_bn_two_processes_equal_one_process(two_processes: Path, reference) -> None:
     losses, (rank0, rank1) = _load(two_processes / "sync_bn")
-    assert (rank0["seed_offset"], rank1["seed_offset"], rank0["num_data_shards"]) == (0, 1, 2)
+    assert (rank0["rank"], rank1["rank"], rank0["num_data_shards"]) == (0, 1, 2)
     _assert_states(rank0, rank1, exact=True)  # weights and (global) BN statistics agree bit for bit
     ref_losses, ref_state = reference
     assert len(losses) == STEPS

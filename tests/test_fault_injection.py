@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan.training.checkpoint import find_latest, list_step_checkpoints, load_checkpoint
+from biggan.checkpoint import find_latest, list_step_checkpoints, load_checkpoint
 from tests.bad_inputs.harness import PYTHON, REPO, RESUMED_RE, STEP_RE, LiveProcess, child_env, tiny_overrides
 
 SEED = 20261128
@@ -32,7 +32,7 @@ _CKPT_NAME = ("latest.pt", "best.pt")
 
 _SAVER = """
 import sys, torch
-from biggan.training.checkpoint import FORMAT_VERSION, find_latest, load_checkpoint, save_checkpoint
+from biggan.checkpoint import FORMAT_VERSION, find_latest, load_checkpoint, save_checkpoint
 ckpt_dir = sys.argv[1]
 latest = find_latest(ckpt_dir)  # resume like the trainer does
 step = load_checkpoint(latest, required=("step",))["step"] if latest else 0

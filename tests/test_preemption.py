@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from biggan.training.checkpoint import load_checkpoint
+from biggan.checkpoint import load_checkpoint
 from tests.bad_inputs.harness import PYTHON, REPO, LiveProcess, tiny_overrides
 
 GRACE_SECONDS = 30  # what spot VMs give; the trainer must be out well within it
@@ -26,7 +26,7 @@ GRACE_SECONDS = 30  # what spot VMs give; the trainer must be out well within it
 _CHILD = """
 import os, sys, time
 from pathlib import Path
-from biggan.training.resilience import PreemptionHandler
+from biggan.training.preemption import PreemptionHandler
 out, step_seconds, hang, grace = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "hang", float(sys.argv[4])
 with PreemptionHandler(grace_seconds=grace) as preempt:
     print("ready", flush=True)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from biggan.data import PreparedDataset
-from biggan.data.prepare import prepare_dataset
+from data.prepare_celebahq import prepare
 from biggan.data.synthetic import render_face
 from biggan.errors import DataError, WeightsError
 from biggan.fid import default_weights_path, load_stats
@@ -53,7 +53,7 @@ def _expected(path: Path, res: int, resample=Image.Resampling.BOX) -> np.ndarray
 
 def _prepare(src, out, **kwargs):
     kwargs = {"resolutions": [32, 16], "expect_count": 6, "fid_dims": (), **kwargs}
-    return prepare_dataset(src, out, **kwargs)
+    return prepare(src, out, **kwargs)
 
 
 @pytest.mark.parametrize("container", ["folder", "zip"])
@@ -126,7 +126,7 @@ def test_skip_bad_continues_and_reports(tmp_path):
 def test_count_and_size_checks(tmp_path):
     src = _write_tree(tmp_path / "src", [f"{i}.jpg" for i in range(6)])
     with pytest.raises(DataError, match="found 6 images.*expected 30000.*--expect-count"):
-        prepare_dataset(src, tmp_path / "out", [32], fid_dims=())
+        prepare(src, tmp_path / "out", [32], fid_dims=())
     with pytest.raises(DataError, match="smaller than the 128px target"):
         _prepare(src, tmp_path / "out", resolutions=[128])
     with pytest.raises(DataError, match="does not exist"):

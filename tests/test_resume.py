@@ -9,7 +9,7 @@ import torch
 
 from biggan.runtime import Runtime
 from biggan.training import loop
-from biggan.training.checkpoint import load_checkpoint
+from biggan.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -142,7 +142,7 @@ def test_divergence_rolls_back_to_the_last_good_checkpoint(tmp_path, make_cfg, m
 
 
 def test_divergence_stops_when_no_rollbacks_are_left(make_cfg, monkeypatch):
-    from biggan.training.resilience import DivergenceError
+    from biggan.training.divergence import DivergenceError
 
     monkeypatch.setattr(loop, "LOSSES", _nan_on_call(1))
     with pytest.raises(DivergenceError, match="non-finite loss or gradient at step 1"):
@@ -159,7 +159,7 @@ def test_bf16_accumulation_ortho_reg_step_is_finite(tmp_path, make_cfg):
 
 
 def test_nan_before_the_first_checkpoint_is_not_counted_as_a_rollback(make_cfg, monkeypatch):
-    from biggan.training.resilience import DivergenceError
+    from biggan.training.divergence import DivergenceError
 
     monkeypatch.setattr(loop, "LOSSES", _nan_on_call(1))  # step 1; the first checkpoint would be at step 2
     with pytest.raises(DivergenceError, match="at step 1, before the first checkpoint") as info:
@@ -172,9 +172,9 @@ def _nan_when_replayed(first_call: int, trigger: str):
     batch, or z) comes back: a divergence caused by particular data or latents, which a replay would hit again."""
     real_d_step, seen = loop.d_step, {"calls": 0, "input": None}
 
-    def d_step(G, D, opt_D, x_real, z, *rest):
+    def d_step(G, D, opt_D, *, x_real, z, **rest):
         seen["calls"] += 1
-        out = real_d_step(G, D, opt_D, x_real, z, *rest)
+        out = real_d_step(G, D, opt_D, x_real=x_real, z=z, **rest)
         value = x_real if trigger == "data" else z
         if seen["calls"] == first_call:
             seen["input"] = value.clone()

@@ -25,7 +25,7 @@ def rt(monkeypatch: pytest.MonkeyPatch) -> Runtime:
 
 def test_cpu_single_process(rt: Runtime) -> None:
     assert (rt.kind, rt.device.type, rt.rank, rt.world_size, rt.is_main) == ("cpu", "cpu", 0, 1, True)
-    assert (rt.num_devices, rt.num_data_shards, rt.seed_offset, rt.local_batch_size(6)) == (1, 1, 0, 6)
+    assert (rt.num_devices, rt.num_data_shards, rt.metric_shards, rt.local_batch_size(6)) == (1, 1, 1, 6)
     model = nn.Linear(3, 2)
     assert rt.wrap_model(model) is model and rt.unwrap(model) is model
     x = torch.randn(4, 3)
@@ -80,11 +80,6 @@ def test_reduce_mean_single_process(rt: Runtime) -> None:
     assert rt.reduce_mean({}) == {}
     t = torch.arange(3.0, dtype=torch.float64)
     assert rt.reduce_sum_(t) is t and torch.equal(t, torch.arange(3.0, dtype=torch.float64))
-
-
-def test_print0(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
-    rt.print0("hello", 3)
-    assert capsys.readouterr().out == "hello 3\n"
 
 
 def test_convert_reuses_parameters_and_buffers() -> None:

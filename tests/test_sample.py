@@ -13,10 +13,13 @@ import torch
 from PIL import Image
 
 from biggan.config import to_dict
-from biggan.models import attention_gammas, build_generator
-from biggan.training.checkpoint import FORMAT_VERSION, save_checkpoint
-from biggan.training.generator_io import attention_overrides, interpolation_latents, load_generator
-from biggan.training.sampling import generate, latents_for_seeds, parse_seeds, to_uint8
+from biggan.checkpoint import FORMAT_VERSION, save_checkpoint
+from biggan.models import attention_gammas, build_generator, set_attention
+from biggan.generation.attention import attention_overrides
+from biggan.generation.checkpoint import load_generator
+from biggan.generation.generate import generate
+from biggan.generation.latents import interpolation_latents, latents_for_seeds, parse_seeds
+from biggan.images import to_uint8
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,13 +83,12 @@ def test_dense_attention_on_a_smyrf_checkpoint(smyrf_checkpoint):
     G, cfg, _ = load_generator(smyrf_checkpoint)
     z = latents_for_seeds([0, 1, 2], cfg.dim_z)
     x_smyrf = generate(G, z, 3, "cpu")
-    from biggan.training.generator_io import apply_attention
 
-    apply_attention(G, attention_overrides(cfg, "dense"))
+    set_attention(G, attention_overrides(cfg, "dense"))
     x_dense = generate(G, z, 3, "cpu")
     assert torch.isfinite(x_dense).all() and not torch.allclose(x_dense, x_smyrf)
     # One hash round and one cluster holding every query and key is exactly dense attention.
-    apply_attention(G, attention_overrides(cfg, "smyrf", n_hashes=1, q_cluster_size=1024, k_cluster_size=256))
+    set_attention(G, attention_overrides(cfg, "smyrf", n_hashes=1, q_cluster_size=1024, k_cluster_size=256))
     x_one_cluster = generate(G, z, 3, "cpu")
     assert torch.allclose(x_one_cluster, x_dense, atol=1e-5)
 

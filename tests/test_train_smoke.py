@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from biggan.config import load_config
+from biggan.training.config import describe_run, load_config
 from biggan.runtime import Runtime
 from biggan.training import loop
-from biggan.training.checkpoint import REQUIRED_KEYS, load_checkpoint
-from biggan.training.summary import describe_run
+from biggan.checkpoint import load_checkpoint
+from biggan.training.state import REQUIRED_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 

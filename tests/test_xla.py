@@ -22,8 +22,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from biggan.models import build_discriminator, build_generator
-from biggan.training.checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from biggan.models import build_discriminator, build_generator, load_state_strict
+from biggan.checkpoint import load_checkpoint, save_checkpoint
 from biggan.training.optimizer import LeanAdam
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,18 @@ from __future__ import annotations
 from biggan.data.config import DataConfig
 from biggan.data.folder import FolderDataset
 from biggan.data.prepared import PreparedDataset
-from biggan.data.stream import BatchStream
+from biggan.data.stream import BatchStream, ImageSource
 from biggan.data.synthetic import ensure_synthetic_dataset
 
-__all__ = ["DataConfig", "BatchStream", "FolderDataset", "PreparedDataset", "build_dataset", "ensure_synthetic_dataset"]
+__all__ = [
+    "DataConfig",
+    "BatchStream",
+    "ImageSource",
+    "FolderDataset",
+    "PreparedDataset",
+    "build_dataset",
+    "ensure_synthetic_dataset",
+]
 
 
 def build_dataset(cfg: DataConfig, resolution: int) -> PreparedDataset | FolderDataset:

@@ -7,9 +7,9 @@ re-uploads, StarGAN v2 ``{train,val}/{female,male}/`` (merged). Files are taken 
 Steps: a cheap header pass checks the count, squareness and size of every file (so a bad file stops the run in
 seconds, not after hours of decoding); a decode pass converts each image to RGB once and resizes it to every target
 with an antialiasing PIL filter (BOX = ProGAN's 2×2 averaging, the default; LANCZOS = stylegan2-ada's), in parallel
-worker processes; the reference statistics are then computed from the prepared pixels. Each resolution directory is
-built under a temporary name and renamed when complete; a rerun skips resolutions whose manifest matches the source
-fingerprint and filter, and statistics files that already match the extractor.
+worker processes. Each resolution directory is built under a temporary name and renamed when complete; a rerun skips
+resolutions whose manifest matches the source fingerprint and filter. The FID reference statistics are the prepare
+command's next step (``data/prepare_celebahq.py``): this package knows no metric.
 """
 
 from __future__ import annotations
@@ -24,24 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from biggan.data.folder import (
-    IMAGE_EXTENSIONS,
-    RESAMPLE_FILTERS,
-    decode_rgb,
-    list_image_files,
-    natural_key,
-    resize_square,
-    to_chw,
-)
-from biggan.data.prepared import PreparedDataset, PreparedWriter, read_manifest, stats_filename
+from biggan.data.folder import RESAMPLE_FILTERS, resize_square
+from biggan.data.prepared import PreparedWriter, read_manifest
 from biggan.errors import DataError, UserError
-from biggan.fid import FIDExtractor, ensure_reference_stats, load_extractor, load_stats, save_stats, stats_of_batches
-from biggan.fid.extractor import extractor_identity
-from biggan.fid.weights import resolve_weights_path
+from biggan.images import IMAGE_EXTENSIONS, decode_rgb, list_image_files, natural_key, to_chw
 
 __all__ = ["CELEBAHQ_COUNT", "Source", "scan_source", "prepare_dataset", "PrepareReport"]
 
@@ -143,7 +132,7 @@ class PrepareReport:
     source: Source
     outputs: dict[int, Path] = field(default_factory=dict)
     prepared: list[int] = field(default_factory=list)  # resolutions whose images were (re)written
-    stats_written: list[Path] = field(default_factory=list)
+    stats_written: list[Path] = field(default_factory=list)  # FID reference statistics the prepare command wrote
     skipped: list[str] = field(default_factory=list)  # bad files skipped with --skip-bad (messages)
 
 
@@ -187,25 +176,15 @@ def _decode_all(reader: _Reader, names: list[str], writers: dict[int, PreparedWr
 
 def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
                     skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT,
-                    fid_dims: Sequence[int] = (2048,),
-                    weights_path: str | None = None, batch_size: int = 50, workers: int = 1,
-                    device: str = "cpu") -> PrepareReport:
-    """Prepare ``src`` into ``out/<res>/`` for every resolution, with FID statistics at each of ``fid_dims``.
+                    workers: int = 1) -> PrepareReport:
+    """Prepare the images of ``src`` into ``out/<res>/`` for every resolution (resolutions already up to date are
+    left alone).
 
     Args:
         expect_count: number of images the source must hold (None or 0 = any); CelebA-HQ has 30,000.
-        fid_dims: Inception depths of the reference statistics (empty: none). Weights are checked before any work.
     """
     if resample not in RESAMPLE_FILTERS:
         raise DataError(f"unknown resize filter {resample!r}; use one of {sorted(RESAMPLE_FILTERS)}")
-    weights = resolve_weights_path(weights_path) if fid_dims else None  # WeightsError before any work
-    loaded: dict[int, FIDExtractor] = {}
-
-    def extractor(dims: int) -> FIDExtractor:  # built only when statistics must be computed (a few seconds each)
-        if dims not in loaded:
-            loaded[dims] = load_extractor(weights, device, dims)
-        return loaded[dims]
-
     out = Path(out)
     source = scan_source(src)
     if expect_count and len(source.names) != expect_count:
@@ -213,43 +192,25 @@ def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int]
                         "pass --expect-count N (0 = any) if that is intended")
     report = PrepareReport(source, outputs={res: out / str(res) for res in resolutions})
     todo = [res for res in resolutions if not _up_to_date(out / str(res), source, resample)]
-    if todo:
-        reader = _Reader(source, todo, resample)
-        names = _check_headers(reader, source, skip_bad, report.skipped)
-        if not names:
-            raise DataError(f"every image in {source.path} was skipped as bad; check the source")
-        writers = {res: PreparedWriter(out / str(res), res, len(names)) for res in todo}
-        try:
-            _decode_all(reader, names, writers, skip_bad, report.skipped, workers)
-            for res, writer in writers.items():
-                pixels = writer.finish()  # (N, 3, res, res) uint8
-                for dims in fid_dims:
-                    n = len(pixels)
-                    batches = (torch.from_numpy(np.array(pixels[i:i + batch_size]))  # (B, 3, res, res) uint8
-                               for i in range(0, n, batch_size))
-                    stats = stats_of_batches(batches, extractor(dims), total=n, desc=f"FID stats {res}px d{dims}")
-                    save_stats(writer.tmp_dir / stats_filename(dims), stats, extractor(dims).identity)
-                    report.stats_written.append(out / str(res) / stats_filename(dims))
-                writer.commit({"source": {"path": str(source.path.resolve()), "form": source.form,
-                                          "layout": source.layout, "fingerprint": source.fingerprint,
-                                          "num_files": len(source.names)},
-                               "filter": resample, "skipped": report.skipped,
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-                report.prepared.append(res)
-        except BaseException:
-            for writer in writers.values():
-                writer.abort()
-            raise
-    for res in resolutions:  # finished earlier: only statistics that are missing or stale
-        if res in todo:
-            continue
-        dataset = PreparedDataset(out / str(res), res)
-        for dims in fid_dims:
-            path = dataset.reference_stats_path(dims)
-            if path.is_file():
-                ref = load_stats(path)
-                if ref.extractor == extractor_identity(weights, dims) and ref.n == len(dataset):
-                    continue
-            report.stats_written.append(ensure_reference_stats(dataset, extractor(dims), batch_size))
+    if not todo:
+        return report
+    reader = _Reader(source, todo, resample)
+    names = _check_headers(reader, source, skip_bad, report.skipped)
+    if not names:
+        raise DataError(f"every image in {source.path} was skipped as bad; check the source")
+    writers = {res: PreparedWriter(out / str(res), res, len(names)) for res in todo}
+    try:
+        _decode_all(reader, names, writers, skip_bad, report.skipped, workers)
+        for res, writer in writers.items():
+            writer.finish()
+            writer.commit({"source": {"path": str(source.path.resolve()), "form": source.form,
+                                      "layout": source.layout, "fingerprint": source.fingerprint,
+                                      "num_files": len(source.names)},
+                           "filter": resample, "skipped": report.skipped,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            report.prepared.append(res)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
     return report
-

@@ -73,6 +73,14 @@ class BatchStream:
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 
+    def reseeded(self, seed: int) -> BatchStream:
+        """This stream with another data-order seed, at the same epoch and position (a divergence rollback's retry)."""
+        if seed == self.seed:
+            return self
+        stream = BatchStream(self.dataset, self.batch_size, seed, self.rank, self.world_size, self.xflip)
+        stream.epoch, stream.position = self.epoch, self.position
+        return stream
+
     def state_dict(self) -> dict[str, Any]:
         """Plain ints only (checkpoints are loaded with ``weights_only``)."""
         return {"epoch": self.epoch, "position": self.position, "num_images": len(self.dataset),

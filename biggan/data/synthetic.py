@@ -10,15 +10,14 @@ the same :class:`PreparedDataset` reads both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from biggan.data.folder import to_chw
 from biggan.data.prepared import PreparedWriter, read_manifest
+from biggan.images import to_chw
 
 __all__ = ["ensure_synthetic_dataset", "render_face", "synthetic_dir"]
 
@@ -102,12 +101,10 @@ def synthetic_dir(root: str | Path, resolution: int) -> Path:
     return Path(root) / f"demo{resolution}"
 
 
-def ensure_synthetic_dataset(root: str | Path, resolution: int, num_images: int, seed: int,
-                             fid_dims: Sequence[int] = (), weights_path: str | None = None) -> Path:
+def ensure_synthetic_dataset(root: str | Path, resolution: int, num_images: int, seed: int) -> Path:
     """Write the demo dataset once in the prepared format and return its directory; reuse it when it matches.
 
-    ``fid_dims``: also write FID reference statistics at these Inception depths now (needs the weights file);
-    otherwise the training loop computes the ones it needs on first use (``build_fid_evaluator``).
+    Its FID reference statistics are computed by the training loop on first use (``build_fid_evaluator``).
     """
     out = synthetic_dir(root, resolution)
     source = {"form": "synthetic", "seed": seed, "version": VERSION}
@@ -123,11 +120,4 @@ def ensure_synthetic_dataset(root: str | Path, resolution: int, num_images: int,
         except BaseException:
             writer.abort()
             raise
-    if fid_dims:
-        from biggan.data.prepared import PreparedDataset
-        from biggan.fid import ensure_reference_stats, load_extractor
-
-        dataset = PreparedDataset(out, resolution)
-        for dims in fid_dims:
-            ensure_reference_stats(dataset, load_extractor(weights_path, "cpu", dims), batch_size=100)
     return out

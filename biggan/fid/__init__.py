@@ -12,6 +12,7 @@ from biggan.fid.evaluate import (
     ensure_reference_stats,
     fid_of_generator,
     quantize_uint8,
+    reference_stats_current,
     stats_of_batches,
 )
 from biggan.fid.extractor import FIDExtractor, load_extractor
@@ -26,6 +27,7 @@ __all__ = [
     "ensure_reference_stats",
     "fid_of_generator",
     "quantize_uint8",
+    "reference_stats_current",
     "stats_of_batches",
     "FIDExtractor",
     "load_extractor",

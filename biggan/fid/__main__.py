@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from biggan.data.folder import decode_rgb, list_image_files, to_chw
 from biggan.errors import DataError, cli_main
 from biggan.fid.config import ALLOWED_DIMS
 from biggan.fid.evaluate import stats_of_batches
 from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, frechet_distance, load_stats, save_stats
+from biggan.images import decode_rgb, list_image_files, to_chw
 
 
 def _folder_batches(files: list[Path], batch_size: int) -> Iterator[torch.Tensor]:

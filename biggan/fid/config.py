@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from biggan.config import Section, number
 from biggan.errors import ConfigError
 
 __all__ = ["FIDConfig", "STANDARD_DIMS", "ALLOWED_DIMS", "metric_name"]
@@ -22,13 +23,16 @@ def metric_name(num_samples: int, dims: int) -> str:
 
 
 @dataclass
-class FIDConfig:
+class FIDConfig(Section):
     """In-loop FID of G_ema against the training set's reference statistics."""
 
-    every: int = 0  # evaluate every this many steps (0 = never)
-    num_samples: int = 10000  # fakes per evaluation (names the metric: fid10k, fid50k)
-    batch_size: int = 50  # fakes generated and embedded at once
-    dims: int = 2048  # Inception feature depth: 2048 standard; 64/192/768 cheap, named e.g. fid1k_d192
+    where = "fid"
+
+    every: int = number(0, ge=0)  # evaluate every this many steps (0 = never)
+    num_samples: int = number(10000, ge=2)  # fakes per evaluation (names the metric: fid10k, fid50k); >= 2 for a
+    # covariance
+    batch_size: int = number(50, ge=1)  # fakes generated and embedded at once
+    dims: int = number(2048, ge=1)  # Inception feature depth: 2048 standard; 64/192/768 cheap, named e.g. fid1k_d192
     weights_path: str = ""  # local pt_inception-2015-12-05 file ("" = torch hub cache; never downloaded)
     ref_stats: str = ""  # reference statistics .npz ("" = the one next to the prepared dataset)
 
@@ -37,13 +41,6 @@ class FIDConfig:
         """The metric's name in logs, TensorBoard and metrics.jsonl."""
         return metric_name(self.num_samples, self.dims)
 
-    def validate(self) -> None:
-        """Reject values that would silently produce an incomparable or degenerate metric."""
-        if self.every < 0:
-            raise ConfigError(f"fid.every must be >= 0 (0 = off), got {self.every}")
+    def check(self, where: str) -> None:
         if self.dims not in ALLOWED_DIMS:
-            raise ConfigError(f"fid.dims must be one of {list(ALLOWED_DIMS)}, got {self.dims}")
-        if self.batch_size < 1:
-            raise ConfigError(f"fid.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_samples < 2:
-            raise ConfigError(f"fid.num_samples must be >= 2 to estimate a covariance, got {self.num_samples}")
+            raise ConfigError(f"{where}.dims must be one of {list(ALLOWED_DIMS)}, got {self.dims}")

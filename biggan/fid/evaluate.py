@@ -22,13 +22,14 @@ from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, RefStats, frechet_distance, load_stats, save_stats
 # Fakes are quantised exactly as sample.py and the training grids save PNGs (x·127.5 + 128, clamped, truncated):
 # one definition, so FID always sees what a user would save.
-from biggan.training.sampling import to_uint8 as quantize_uint8
+from biggan.images import to_uint8 as quantize_uint8
 
 __all__ = [
     "quantize_uint8",
     "stats_of_batches",
     "fid_of_generator",
     "ensure_reference_stats",
+    "reference_stats_current",
     "FIDEvaluator",
     "build_fid_evaluator",
 ]
@@ -106,6 +107,14 @@ def fid_of_generator(sample_uint8: Callable[[int], torch.Tensor], num_samples: i
     return frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma)
 
 
+def reference_stats_current(path: Path | None, identity: str, num_images: int) -> bool:
+    """True when ``path`` holds statistics of ``num_images`` images made by the extractor ``identity`` (no rework)."""
+    if path is None or not path.is_file():
+        return False
+    ref = load_stats(path)
+    return ref.extractor == identity and ref.n == num_images
+
+
 def ensure_reference_stats(dataset: ImageArray, extractor: FIDExtractor, batch_size: int) -> Path:
     """Statistics of every training image (no flips), cached next to the dataset; recomputed if stale.
 
@@ -115,10 +124,8 @@ def ensure_reference_stats(dataset: ImageArray, extractor: FIDExtractor, batch_s
     if path is None:
         raise ConfigError("this dataset kind has no place for reference statistics; set fid.ref_stats to a file "
                           "made with `python -m biggan.fid stats IMAGES OUT.npz`")
-    if path.is_file():
-        ref = load_stats(path)
-        if ref.extractor == extractor.identity and ref.n == len(dataset):
-            return path
+    if reference_stats_current(path, extractor.identity, len(dataset)):
+        return path
     n = len(dataset)
     batches = (dataset.get_batch(np.arange(i, min(i + batch_size, n))) for i in range(0, n, batch_size))
     stats = stats_of_batches(batches, extractor, total=n, desc=f"FID reference stats ({extractor.dims} dims)")

@@ -17,7 +17,9 @@ from biggan.models.inspection import (
     attention_gammas,
     attention_rng_state,
     count_parameters,
+    describe_attention,
     load_attention_rng_state,
+    load_state_strict,
     set_attention,
     spectral_norm_values,
 )
@@ -34,11 +36,13 @@ __all__ = [
     "build_discriminator",
     "SelfAttention2d",
     "set_attention",
+    "load_state_strict",
     "attention_rng_state",
     "load_attention_rng_state",
     "spectral_norm_values",
     "attention_gammas",
     "count_parameters",
+    "describe_attention",
     "EMA",
     "orthogonal_regularization",
 ]

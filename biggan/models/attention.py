@@ -21,6 +21,7 @@ Shape legend: B batch; C channels; h×w spatial; N = h·w; Nq = N queries, Nk = 
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import torch
@@ -30,14 +31,14 @@ from torch import nn
 from biggan.errors import ConfigError
 from biggan.models.config import AttentionConfig, ModelConfig
 from biggan.models.spectral_norm import SNConv2d
-from smyrf import dense_attention, smyrf_attention
+from smyrf import check_cluster_sizes, dense_attention, smyrf_attention
 
-__all__ = ["SelfAttention2d", "check_attention_spec", "build_attention_layers"]
+__all__ = ["SelfAttention2d", "check_attention_spec", "build_attention_layers", "config_with_layers"]
 
 
 def check_attention_spec(spec: AttentionConfig, channels: int, where: str) -> None:
-    """Raise ConfigError if ``spec`` cannot run at its resolution with ``channels`` input channels."""
-    spec.validate(where)
+    """Raise ConfigError if ``spec`` cannot run with ``channels`` input channels at its resolution (the facts that
+    need both the config and the network: the spec's own values were checked when it was made)."""
     if channels % 8:
         raise ConfigError(
             f"{where} (res {spec.res}): {channels} channels there; SAGAN attention needs a multiple of 8 "
@@ -46,18 +47,12 @@ def check_attention_spec(spec: AttentionConfig, channels: int, where: str) -> No
     if spec.kind != "smyrf":
         return
     num_q, num_k = spec.res * spec.res, spec.res * spec.res // 4
-    cq, ck = spec.q_cluster_size, spec.k_cluster_size
-    if num_q % cq:
-        raise ConfigError(f"{where} (res {spec.res}): q_cluster_size {cq} does not divide the {num_q} queries")
-    if num_k % ck:
+    try:
+        check_cluster_sizes(num_q, num_k, spec.q_cluster_size, spec.k_cluster_size)
+    except ValueError as err:
         raise ConfigError(
-            f"{where} (res {spec.res}): k_cluster_size {ck} does not divide the {num_k} (2x2-pooled) keys"
-        )
-    if num_q // cq != num_k // ck:
-        raise ConfigError(
-            f"{where} (res {spec.res}): {num_q}/{cq} = {num_q // cq} query clusters but {num_k}/{ck} = "
-            f"{num_k // ck} key clusters; use k_cluster_size = q_cluster_size/4 = {cq // 4}"
-        )
+            f"{where} (res {spec.res}; keys are 2x2-pooled, so k_cluster_size = q_cluster_size/4): {err}"
+        ) from None
 
 
 class SelfAttention2d(nn.Module):
@@ -108,7 +103,7 @@ class SelfAttention2d(nn.Module):
             return f"res={self.res}, kind=dense"
         return (
             f"res={self.res}, kind=smyrf, n_hashes={spec.n_hashes}, q_cluster_size={spec.q_cluster_size}, "
-            f"k_cluster_size={spec.k_cluster_size}, hashing={spec.hashing or 'projection'}"
+            f"k_cluster_size={spec.k_cluster_size}, hashing={spec.hashing}"
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +126,7 @@ class SelfAttention2d(nn.Module):
                 k_cluster_size=self.spec.k_cluster_size,
                 scale=1.0,
                 generator=generator,
-                hashing=self.spec.hashing or "projection",
+                hashing=self.spec.hashing,
             )  # (B, Nq, dv)
         out = out.transpose(1, 2).reshape(b, c // 2, h, w)  # (B, dv, h, w)
         return x + self.gamma * self.o(out)
@@ -178,3 +173,9 @@ def build_attention_layers(
         )
         after[index] = str(spec.res)
     return layers, after
+
+
+def config_with_layers(cfg: ModelConfig, network: str, layers: nn.ModuleDict) -> ModelConfig:
+    """``cfg`` with ``network``'s attention list read from its layers (their kind/settings may have been switched)."""
+    net = dataclasses.replace(getattr(cfg, network), attention=[layer.spec for layer in layers.values()])
+    return dataclasses.replace(cfg, **{network: net})

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biggan.models.architectures import D_ARCHS
-from biggan.models.attention import build_attention_layers
+from biggan.models.attention import build_attention_layers, config_with_layers
 from biggan.models.blocks import DBlock
 from biggan.models.config import ModelConfig
 from biggan.models.initialization import init_weights
@@ -32,15 +32,15 @@ class Discriminator(nn.Module):
     """``D(x, y=None) -> (B,)`` logits; x (B, 3, res, res) in [-1, 1], y (B,) long labels (needed for class only).
 
     Args:
-        cfg: the model config; validated here, and placement/cluster sizes are checked against the blocks.
+        cfg: the model config (checked when it was made); placement and cluster sizes are checked here
+            against the blocks.
     """
 
     network_name = "D"  # which ModelConfig section (G or D) describes this network
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg.validate()
-        self.cfg = copy.deepcopy(cfg)  # describes this model; set_attention keeps its attention lists current
+        self._build_cfg = copy.deepcopy(cfg)
         arch = D_ARCHS[cfg.resolution]
         ch, sn = cfg.D.ch, dict(sn_iters=cfg.sn_iters, sn_eps=cfg.sn_eps)
         self.resolution, self.conditioning = cfg.resolution, cfg.conditioning
@@ -60,6 +60,11 @@ class Discriminator(nn.Module):
         elif cfg.conditioning == "smyrf_repro":
             self.embed = SNEmbedding(1, out_channels[-1], **sn)
         init_weights(self, cfg.init)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        """The model config this network follows now: its build config with the attention layers' current settings."""
+        return config_with_layers(self._build_cfg, self.network_name, self.attention)
 
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, self.resolution, self.resolution):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biggan.models.architectures import BOTTOM_WIDTH, G_ARCHS
-from biggan.models.attention import build_attention_layers
+from biggan.models.attention import build_attention_layers, config_with_layers
 from biggan.models.blocks import GBlock
 from biggan.models.conditioning import EncoderFactory
 from biggan.models.config import ModelConfig
@@ -35,15 +35,15 @@ class Generator(nn.Module):
     """``G(z, y=None) -> x``: z (B, dim_z), y (B,) long labels (needed for class only) -> x (B, 3, res, res) in [-1, 1].
 
     Args:
-        cfg: the model config; validated here, and placement/cluster sizes are checked against the blocks.
+        cfg: the model config (checked when it was made); placement and cluster sizes are checked here
+            against the blocks.
     """
 
     network_name = "G"  # which ModelConfig section (G or D) describes this network
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg.validate()
-        self.cfg = copy.deepcopy(cfg)  # describes this model; set_attention keeps its attention lists current
+        self._build_cfg = copy.deepcopy(cfg)
         arch = G_ARCHS[cfg.resolution]
         ch, sn = cfg.G.ch, dict(sn_iters=cfg.sn_iters, sn_eps=cfg.sn_eps)
         self.dim_z, self.conditioning = cfg.dim_z, cfg.conditioning
@@ -74,6 +74,11 @@ class Generator(nn.Module):
         self.out_bn = nn.BatchNorm2d(out_channels[-1], eps=cfg.bn_eps)  # plain BN: the RGB stage is unconditional
         self.out_conv = SNConv2d(out_channels[-1], 3, 3, padding=1, **sn)
         init_weights(self, cfg.init)
+
+    @property
+    def cfg(self) -> ModelConfig:
+        """The model config this network follows now: its build config with the attention layers' current settings."""
+        return config_with_layers(self._build_cfg, self.network_name, self.attention)
 
     def _conditions(self, z: torch.Tensor, y: Optional[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Split the inputs into the stem input and one conditioning input per block."""

@@ -1,75 +1,119 @@
-"""Training and logging configuration (the ``train:`` and ``log:`` sections of a run config).
+"""The run configuration: training and logging sections, and the root :class:`Config` that composes every part's.
 
 Defaults follow the SMYRF CelebA-HQ run and the BigGAN paper (lr G 5e-5 / D 2e-4, Adam betas (0, 0.999), eps 1e-6,
 2 D steps per G step, hinge loss). Every field is used by :mod:`biggan.training.loop`; there are no dead knobs.
+
+YAML files hold only the deltas over these defaults; ``key.sub=value`` command-line overrides are YAML scalars checked
+against the field types by the one loader, :mod:`biggan.config`. The resolved config is written to the run directory,
+to TensorBoard and into every checkpoint.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from biggan.config import Section, apply_overrides, dump_yaml, from_dict, number, read_yaml, to_dict
+from biggan.data.config import DataConfig
 from biggan.errors import ConfigError
+from biggan.fid.config import FIDConfig
+from biggan.models import ModelConfig, build_discriminator, build_generator, count_parameters, describe_attention
+from biggan.runtime.config import RuntimeConfig
 
-__all__ = ["TrainConfig", "LogConfig"]
+__all__ = ["TrainConfig", "LogConfig", "Config", "load_config", "dump_config", "describe_run"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """How G and D are optimised."""
 
-    total_steps: int = 100_000  # G steps to train for; one step = num_d_steps D updates + one G update
-    batch_size: int = 32  # images per device per D step (and per G step), after accumulation
-    accumulate: int = 1  # micro-batches per update; batch_size must divide by it (memory knob, same maths)
-    num_d_steps: int = 2  # D updates per G update, each on fresh reals and fresh z
+    where = "train"
+
+    total_steps: int = number(100_000, ge=1)  # G steps to train for; one step = num_d_steps D updates + one G update
+    batch_size: int = number(32, ge=1)  # images per device per D step (and per G step), after accumulation
+    accumulate: int = number(1, ge=1)  # micro-batches per update; batch_size must divide by it (memory knob, same maths)
+    num_d_steps: int = number(2, ge=1)  # D updates per G update, each on fresh reals and fresh z
     loss: Literal["hinge", "ns"] = "hinge"  # hinge (BigGAN) or non-saturating logistic
-    lr_g: float = 5e-5  # TTUR: G learns 4x slower than D
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.999)  # Adam betas for both networks
-    adam_eps: float = 1e-6  # BigGAN launch scripts use 1e-6 (parser default 1e-8)
-    ema_decay: float = 0.9999  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
-    ema_start: int = 0  # before this step G_ema is a copy of G (decay 0)
+    lr_g: float = number(5e-5, gt=0)  # TTUR: G learns 4x slower than D
+    lr_d: float = number(2e-4, gt=0)
+    betas: tuple[float, float] = number((0.0, 0.999), ge=0, lt=1)  # Adam betas for both networks
+    adam_eps: float = number(1e-6, gt=0)  # BigGAN launch scripts use 1e-6 (parser default 1e-8)
+    ema_decay: float = number(0.9999, ge=0, lt=1)  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
+    ema_start: int = number(0, ge=0)  # before this step G_ema is a copy of G (decay 0)
     ema_buffers: Literal["copy", "average"] = "copy"  # G_ema's BN running stats and SN u/sv: copied from G
     # (stylegan2-ada) or averaged like the weights (BigGAN-PyTorch lerps the whole state_dict)
-    ortho_reg: float = 0.0  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as in released runs)
-    ckpt_every: int = 1000  # full training-state checkpoint every this many steps (and at the end / on preemption)
-    keep_last: int = 3  # step checkpoints kept (latest.pt and best.pt come on top)
-    preempt_grace_seconds: float = 25.0  # after SIGTERM/SIGINT: finish the step, checkpoint, exit 0 within this time
-    max_rollbacks: int = 3  # non-finite loss/grad at a tick: reload the last good checkpoint at most this often, then stop
+    ortho_reg: float = number(0.0, ge=0)  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as released)
+    ckpt_every: int = number(1000, ge=1)  # full training-state checkpoint every this many steps (and at the end / on
+    # preemption)
+    keep_last: int = number(3, ge=1)  # step checkpoints kept (latest.pt and best.pt come on top)
+    preempt_grace_seconds: float = number(25.0, gt=0)  # after SIGTERM/SIGINT: finish the step, checkpoint, exit 0 in time
+    max_rollbacks: int = number(3, ge=0)  # non-finite loss/grad at a tick: reload the last good checkpoint at most this
+    # often, then stop
 
-    def validate(self) -> None:
-        """Reject values the loop cannot run with."""
-        for key in ("total_steps", "batch_size", "accumulate", "num_d_steps", "ckpt_every", "keep_last"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self, key)}")
+    def check(self, where: str) -> None:
         if self.batch_size % self.accumulate:
-            raise ConfigError(
-                f"train.batch_size ({self.batch_size}) must be divisible by train.accumulate ({self.accumulate})"
-            )
-        if self.lr_g <= 0 or self.lr_d <= 0:
-            raise ConfigError(f"train.lr_g and train.lr_d must be > 0, got {self.lr_g} and {self.lr_d}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.preempt_grace_seconds <= 0 or self.max_rollbacks < 0:
-            raise ConfigError(
-                f"train.preempt_grace_seconds must be > 0 and train.max_rollbacks >= 0, "
-                f"got {self.preempt_grace_seconds} and {self.max_rollbacks}"
-            )
-        if self.ortho_reg < 0:
-            raise ConfigError(f"train.ortho_reg must be >= 0, got {self.ortho_reg}")
+            raise ConfigError(f"{where}.batch_size ({self.batch_size}) must be divisible by {where}.accumulate "
+                              f"({self.accumulate})")
 
 
 @dataclass
-class LogConfig:
+class LogConfig(Section):
     """What the periodic tick does and how often (all intervals in G steps)."""
 
-    every: int = 100  # tick: status line, stats.jsonl, TensorBoard scalars
-    sample_every: int = 1000  # fixed-z sample grids of G_ema and G (PNG + TensorBoard)
-    num_samples: int = 64  # images in each fixed-z grid
+    where = "log"
+
+    every: int = number(100, ge=1)  # tick: status line, stats.jsonl, TensorBoard scalars
+    sample_every: int = number(1000, ge=1)  # fixed-z sample grids of G_ema and G (PNG + TensorBoard)
+    num_samples: int = number(64, ge=1)  # images in each fixed-z grid
     progress_bar: bool = True  # tqdm bar (only shown on a TTY)
 
-    def validate(self) -> None:
-        """Intervals must be positive; grids need at least one image."""
-        for key in ("every", "sample_every", "num_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"log.{key} must be >= 1, got {getattr(self, key)}")
+
+@dataclass
+class Config(Section):
+    """Everything a run needs; resolved, it is written to the run directory and into every checkpoint."""
+
+    name: str = "demo"  # run name: the run directory is <out_dir>/<name>
+    seed: int = number(0, ge=0)  # seeds weights, z, data order and SMYRF hashing (each rank derives its own streams)
+    out_dir: str = "runs"  # parent of run directories
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def check(self, where: str) -> None:
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"name must be a plain directory name, got {self.name!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (deltas) <- ``key.sub=value`` overrides, checked strictly when built."""
+    cfg = from_dict(Config, read_yaml(Path(path)) if path is not None else {})
+    if overrides:
+        cfg = from_dict(Config, apply_overrides(to_dict(cfg), list(overrides)))
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (field order kept), loadable by :func:`load_config`."""
+    return dump_yaml(cfg)
+
+
+def describe_run(cfg: Config) -> str:
+    """What ``train.py --dry-run`` prints: the resolved config (YAML), parameter counts and attention placement.
+
+    Building the networks runs every placement and cluster-size check, so a dry run catches a bad config in seconds
+    instead of after the dataset and FID statistics are prepared.
+    """
+    G, D = build_generator(cfg.model), build_discriminator(cfg.model)
+    lines = [
+        dump_config(cfg).rstrip(),
+        "",
+        f"# G: {count_parameters(G) / 1e6:.2f}M parameters, D: {count_parameters(D) / 1e6:.2f}M parameters",
+        "# attention placement:",
+        *("#" + line[1:] for line in describe_attention(G, "G") + describe_attention(D, "D")),
+        f"# run directory: {cfg.out_dir}/{cfg.name}",
+    ]
+    return "\n".join(lines)

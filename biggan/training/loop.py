@@ -20,43 +20,31 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from tqdm import tqdm
 
-from biggan.config import Config, dump_config
+from biggan.checkpoint import find_latest, save_checkpoint
+from biggan.data import build_dataset
 from biggan.errors import ConfigError
+from biggan.generation.generate import generate
+from biggan.generation.latents import latents_for_seeds
+from biggan.images import save_grid, to_uint8
 from biggan.models import attention_gammas, orthogonal_regularization, spectral_norm_values
 from biggan.runtime import Runtime
-from biggan.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from biggan.training.config import Config, dump_config
+from biggan.training.divergence import FiniteMonitor
 from biggan.training.logging import RunLogger, format_status
 from biggan.training.losses import LOSSES
-from biggan.training.resilience import FiniteMonitor, PreemptionHandler
+from biggan.training.preemption import PreemptionHandler
 from biggan.training.run_dir import RunDir
-from biggan.training.sampling import generate, latents_for_seeds, save_grid, to_uint8
-from biggan.training.state import TrainingState
-from biggan.training.steps import d_step, g_step
+from biggan.training.state import TrainingState, read_checkpoint
+from biggan.training.steps import StepContext, d_step, g_step
 
-__all__ = ["run", "build_stream"]
+__all__ = ["run"]
 
 _FID_SEED = 2**31 - 1  # FID fakes use their own generator: same z at every evaluation, training RNG untouched
-
-
-def build_stream(cfg: Config, runtime: Runtime) -> tuple[Any, Any]:
-    """The dataset and its infinite, resumable batch stream for this process."""
-    from biggan.data import BatchStream, build_dataset
-
-    dataset = build_dataset(cfg.data, cfg.model.resolution)
-    stream = BatchStream(
-        dataset,
-        batch_size=runtime.local_batch_size(cfg.train.batch_size),
-        seed=cfg.seed,
-        rank=runtime.rank,
-        world_size=runtime.num_data_shards,
-        xflip=cfg.data.xflip,
-    )
-    return dataset, stream
 
 
 class _Accumulator:
@@ -97,25 +85,30 @@ class _Trainer:
         self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
         self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
+        self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate)
         self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
         self.fid: Any = None
         # Rank 0 writes the demo dataset and FID reference statistics (if missing) while the others wait, then they
         # read what it wrote; two processes writing the same files would race.
         if not runtime.is_main:
             runtime.barrier()
-        self.dataset, self.state.stream = build_stream(cfg, runtime)
+        dataset = build_dataset(cfg.data, cfg.model.resolution)
+        self.state.attach_data(dataset)
         if cfg.fid.every:
             from biggan.fid.evaluate import build_fid_evaluator
 
-            self.fid = build_fid_evaluator(cfg.fid, self.dataset, runtime.device, compute_missing=runtime.is_main)
+            self.fid = build_fid_evaluator(cfg.fid, dataset, runtime.device, compute_missing=runtime.is_main)
         if runtime.is_main:
             runtime.barrier()
         self.global_batch = cfg.train.batch_size * runtime.num_devices
 
     # -- resume -------------------------------------------------------------------------------------------------------
 
-    def _restore(self, path: Path, rollback: bool = False) -> None:
-        changed = self.state.load_state_dict(load_checkpoint(path), str(path), rollback=rollback)
+    def _restore(self, path: Path) -> None:
+        changed = self.state.load_state_dict(read_checkpoint(path), str(path))
+        self._log_restored(path, changed)
+
+    def _log_restored(self, path: Path, changed: list[str]) -> None:
         self.log.line(f"resumed from {path} at step {self.state.step} ({self.state.images_seen / 1000:.1f} kimg)")
         if changed:
             self.log.line(f"optimiser settings from the config, not the checkpoint: {', '.join(changed)}")
@@ -202,17 +195,17 @@ class _Trainer:
     def _step(self, acc: _Accumulator, monitor: FiniteMonitor) -> None:
         """One iteration: D steps on fresh reals and z, the G step, EMA. No host sync."""
         cfg, st, rt = self.cfg, self.state, self.runtime
-        batch, acc_n = rt.local_batch_size(cfg.train.batch_size), cfg.train.accumulate
+        batch = rt.local_batch_size(cfg.train.batch_size)
         for _ in range(cfg.train.num_d_steps):
             x_real = rt.shard_batch(next(st.stream))  # (B, 3, h, w)
             z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
-            out = d_step(st.G_, st.D, st.opt_D, x_real, z, None, self.loss_d, rt.optimizer_step, rt.autocast, acc_n)
+            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, loss=self.loss_d, ctx=self.step_ctx)
             acc.add(out)
             monitor.update(*out.values())
             rt.mark_step()
         z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z)
         regularize = self._ortho_reg if cfg.train.ortho_reg > 0 else None
-        out = g_step(st.G, st.D_, st.opt_G, z, None, self.loss_g, rt.optimizer_step, rt.autocast, acc_n, regularize)
+        out = g_step(st.G, st.D_, st.opt_G, z=z, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize)
         acc.add(out)
         monitor.update(*out.values())
         st.step += 1
@@ -288,10 +281,7 @@ class _Trainer:
             return to_uint8(generate(st.G_ema, z, n, device))
 
         start = time.perf_counter()
-        reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-        if rt.world_size > 1 and rt.kind != "xla":
-            reduce = rt.reduce_sum_
-        value = self.fid(sample_uint8, reduce=reduce, world_size=rt.world_size if reduce else 1)
+        value = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards)
         best = st.best_fid is None or value < st.best_fid
         if best:
             st.best_fid = value
@@ -313,7 +303,7 @@ class _Trainer:
 
         The data order and z are then re-seeded by the rollback count, so the retry differs from the diverged attempt.
         """
-        guard = self.state.guard
+        st = self.state
         self.log.line(f"non-finite loss or gradient before step {step}: rolling back to {path} "
-                      f"(rollback {guard.rollbacks}/{guard.max_rollbacks}; data order and z re-seeded)")
-        self._restore(path, rollback=True)
+                      f"(rollback {st.guard.rollbacks}/{st.guard.max_rollbacks}; data order and z re-seeded)")
+        self._log_restored(path, st.guard.roll_back(st, read_checkpoint(path), str(path), self.cfg.seed))

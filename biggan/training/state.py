@@ -1,36 +1,58 @@
-"""The objects a run trains (G, D, G_ema, optimisers, data stream) and their checkpoint dict.
+"""The objects a run trains (G, D, G_ema, optimisers, data stream) and the training checkpoint schema.
 
 :class:`TrainingState` builds everything from a :class:`Config` and a runtime, and converts itself to and from the
-checkpoint dict described in ``docs/ARCHITECTURE.md`` ("Checkpoints"): state dicts of G, D, G_ema and both Adam
-optimisers, step and images seen, best FID, every host RNG, the data stream's position, the SMYRF layer generators,
-the resolved config, the model constructor arguments and the divergence guard's rollback count (``divergence``; absent
-in older checkpoints, which still load). Everything is moved to the CPU and kept to tensors and plain
-containers, so the file loads with ``torch.load(weights_only=True)`` and ``sample.py`` can rebuild G from it alone.
+training checkpoint, which is a generator checkpoint (:data:`biggan.generation.checkpoint.GENERATOR_KEYS`:
+``format_version``, ``config`` (resolved), ``model_args``, ``step``, ``G``, ``G_ema``) extended by:
+
+- ``images_seen``, ``best_fid``; ``D``; ``opt_G``, ``opt_D`` (:class:`LeanAdam` states: no ``exp_avg`` at beta1 = 0);
+- ``rng`` (every host RNG of the main process), ``attention_rng`` (its SMYRF layer generators), ``data`` (the batch
+  stream's position);
+- optional ``divergence`` (the rollback count; absent in older files, read as 0) and, from multi-process runs,
+  ``process_rng`` (every rank's ``rng`` + ``attention_rng``, so each rank resumes its own streams when the number of
+  processes is the same; otherwise ranks >= 1 start fresh streams from the step).
+
+:data:`REQUIRED_KEYS` is that list, written down here once; the file store (:mod:`biggan.checkpoint`) knows no keys.
+Everything is moved to the CPU and kept to tensors and plain containers, so the file loads with
+``torch.load(weights_only=True)`` and ``sample.py`` can rebuild G from it alone.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from biggan.config import Config, to_dict
+from biggan.checkpoint import FORMAT_VERSION, load_checkpoint
+from biggan.config import to_dict
+from biggan.data import BatchStream, ImageSource
 from biggan.errors import CheckpointError
+from biggan.generation.checkpoint import GENERATOR_KEYS
 from biggan.models import (
     EMA,
     attention_rng_state,
     build_discriminator,
     build_generator,
     load_attention_rng_state,
+    load_state_strict,
 )
 from biggan.runtime import Runtime
-from biggan.training.checkpoint import FORMAT_VERSION, load_state_strict
+from biggan.training.config import Config
+from biggan.training.divergence import DivergenceGuard
 from biggan.training.optimizer import LeanAdam
-from biggan.training.resilience import DivergenceGuard
 from biggan.training.rng import get_rng_state, seed_everything, set_rng_state
 
-__all__ = ["TrainingState"]
+__all__ = ["TrainingState", "REQUIRED_KEYS", "read_checkpoint"]
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    *GENERATOR_KEYS, "images_seen", "best_fid", "D", "opt_G", "opt_D", "rng", "data", "attention_rng",
+)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A training checkpoint, loaded safely (CheckpointError naming the file and the fix when it is not one)."""
+    return load_checkpoint(path, required=REQUIRED_KEYS)
 
 
 def _stream_seed(seed: int, rank: int) -> int:
@@ -38,30 +60,12 @@ def _stream_seed(seed: int, rank: int) -> int:
     return seed * 1_000_003 + rank + 1
 
 
-def rollback_seed(seed: int, rollbacks: int) -> int:
-    """The run seed after ``rollbacks`` divergence rollbacks: seeds the data order and (on a rollback) z.
-
-    Why: a rollback restores the saved RNG and data position, so without a new seed the retry would replay the very
-    batches and latents that produced the NaN and burn every rollback on it. Deriving the seed from the count (which
-    checkpoints store) keeps a run with rollbacks deterministic and bit-identically resumable. 0 rollbacks -> ``seed``.
-    """
-    return seed + rollbacks * 1_000_000_007
-
-
-def _reseeded(stream: Any, seed: int) -> Any:
-    """The same stream (dataset, batch layout, position unset) with another data-order seed."""
-    if stream.seed == seed:
-        return stream
-    return type(stream)(stream.dataset, batch_size=stream.batch_size, seed=seed, rank=stream.rank,
-                        world_size=stream.world_size, xflip=stream.xflip)
-
-
 class TrainingState:
     """G, D (possibly DDP-wrapped), G_ema, optimisers and the data stream, plus progress counters."""
 
     def __init__(self, cfg: Config, runtime: Runtime) -> None:
         self.cfg, self.runtime = cfg, runtime
-        self.stream: Any = None  # the BatchStream; set by the loop after the models are built (cheap errors first)
+        self.stream: Optional[BatchStream] = None  # set by attach_data, after the models (cheap errors first)
         seed_everything(cfg.seed)  # same weights on every process (DDP also broadcasts them from rank 0)
         G, D = build_generator(cfg.model), build_discriminator(cfg.model)
         self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start, buffers=cfg.train.ema_buffers)
@@ -75,6 +79,18 @@ class TrainingState:
         self.best_fid: Optional[float] = None
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
         self._decorrelate_processes(runtime.rank, salt=0)
+
+    def attach_data(self, dataset: ImageSource) -> None:
+        """Build this process's batch stream over ``dataset`` (the one place a stream is made; rollbacks re-seed it)."""
+        rt = self.runtime
+        self.stream = BatchStream(dataset, batch_size=rt.local_batch_size(self.cfg.train.batch_size),
+                                  seed=self.guard.data_seed(self.cfg.seed), rank=rt.rank,
+                                  world_size=rt.num_data_shards, xflip=self.cfg.data.xflip)
+
+    def reseed(self, seed: int) -> None:
+        """Another data order and another z stream from here on (the divergence guard's retry after a rollback)."""
+        self.stream = self.stream.reseeded(seed)
+        seed_everything(_stream_seed(seed, self.runtime.rank))
 
     def _adam_settings(self, net: str) -> dict[str, Any]:
         train = self.cfg.train
@@ -165,14 +181,10 @@ class TrainingState:
             **extra,
         }
 
-    def load_state_dict(self, state: dict[str, Any], source: str, rollback: bool = False) -> list[str]:
+    def load_state_dict(self, state: dict[str, Any], source: str) -> list[str]:
         """Restore everything from :meth:`state_dict` output; CheckpointError if the architecture differs.
 
         Returns the optimiser settings (lr, betas, eps) in which the config overrides the checkpoint, for the log.
-
-        ``rollback``: a divergence rollback, not a resume. The guard keeps its (already incremented) count instead of
-        the file's, and the data order and z/host RNGs are re-seeded by that count (:func:`rollback_seed`), so the retry
-        sees other batches and latents from the restored position on.
         """
         saved_model = state["model_args"]
         if saved_model != to_dict(self.cfg.model):
@@ -188,9 +200,9 @@ class TrainingState:
         self.opt_D.load_state_dict(state["opt_D"])
         changed = self._apply_adam_settings()
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
-        if not rollback and "divergence" in state:  # absent in checkpoints written before the count was saved
+        if "divergence" in state:  # absent in checkpoints written before the count was saved
             self.guard.load_state_dict(state["divergence"])
-        self.stream = _reseeded(self.stream, rollback_seed(self.cfg.seed, self.guard.rollbacks))
+        self.stream = self.stream.reseeded(self.guard.data_seed(self.cfg.seed))
         self.stream.load_state_dict(state["data"])
         rank, saved_ranks = self.runtime.rank, state.get("process_rng", [])
         if len(saved_ranks) == self.runtime.world_size:  # written by as many processes: each continues its own streams
@@ -198,6 +210,4 @@ class TrainingState:
         else:  # one process, or another number of them: rank 0 continues the saved streams, the others start afresh
             self._load_process_rng_state(state)
             self._decorrelate_processes(rank, salt=self.step)
-        if rollback:
-            seed_everything(_stream_seed(rollback_seed(self.cfg.seed, self.guard.rollbacks), self.runtime.rank))
         return changed

@@ -17,14 +17,30 @@ Shape legend: B batch, C channels, h×w spatial size.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch import Tensor, nn
 
 from biggan.training.losses import DLoss
 
-__all__ = ["d_step", "g_step", "set_requires_grad", "grad_norm"]
+__all__ = ["StepContext", "d_step", "g_step", "set_requires_grad", "grad_norm"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What both steps take from the run, besides networks, optimisers and batches.
+
+    Args:
+        optimizer_step: ``runtime.optimizer_step`` (applies the gradients on every device kind).
+        autocast: ``runtime.autocast`` (bf16 autocast when configured, else a no-op context).
+        accumulate: micro-batches per update; each micro-batch loss is scaled by ``1/accumulate``.
+    """
+
+    optimizer_step: Callable[[torch.optim.Optimizer], None]
+    autocast: Callable[[], ContextManager]
+    accumulate: int = 1
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -50,13 +66,12 @@ def d_step(
     G: nn.Module,
     D: nn.Module,
     opt_D: torch.optim.Optimizer,
+    *,
     x_real: Tensor,
     z: Tensor,
-    y: Optional[Tensor],
-    loss_d: Callable[[Tensor, Tensor], DLoss],
-    optimizer_step: Callable[[torch.optim.Optimizer], None],
-    autocast: Callable[[], object],
-    accumulate: int = 1,
+    y: Optional[Tensor] = None,
+    loss: Callable[[Tensor, Tensor], DLoss],
+    ctx: StepContext,
 ) -> dict[str, Tensor]:
     """One D update on reals ``x_real`` (B, 3, h, w) and fakes G(z, y); returns detached D statistics.
 
@@ -64,31 +79,30 @@ def d_step(
         G: the unwrapped generator (runs under ``no_grad``); D: the (possibly DDP-wrapped) discriminator.
         opt_D: D's optimiser.
         x_real: real images in [-1, 1], (B, 3, h, w), on the device.
-        z: fresh latents (B, dim_z); y: labels (B,) or None (unconditional).
-        loss_d: a D loss from :mod:`biggan.training.losses`.
-        optimizer_step: ``runtime.optimizer_step`` (all-reduces on XLA, plain step elsewhere).
-        autocast: ``runtime.autocast`` (bf16 autocast when configured, else a no-op context).
-        accumulate: micro-batches per update.
+        z: fresh latents (B, dim_z); y: labels (B,), or None when unconditional.
+        loss: a D loss from :mod:`biggan.training.losses`.
+        ctx: the run's optimiser step, autocast and accumulation.
     """
     set_requires_grad(G, False)
     set_requires_grad(D, True)
     opt_D.zero_grad(set_to_none=True)
     out = {key: torch.zeros((), device=x_real.device) for key in ("D_real", "D_fake", "D_out_real", "D_out_fake")}
+    accumulate = ctx.accumulate
     for x_mb, z_mb, y_mb in zip(x_real.chunk(accumulate), z.chunk(accumulate), _chunks(y, accumulate)):
-        with torch.no_grad(), autocast():
+        with torch.no_grad(), ctx.autocast():
             x_fake = G(z_mb, y_mb)
         y_both = None if y_mb is None else torch.cat([y_mb, y_mb])
-        with autocast():
+        with ctx.autocast():
             logits = D(torch.cat([x_fake.to(x_mb.dtype), x_mb]), y_both)  # (2B,)
         d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
-        loss = loss_d(d_real, d_fake)
-        (loss.total / accumulate).backward()
-        out["D_real"] += loss.real.detach() / accumulate
-        out["D_fake"] += loss.fake.detach() / accumulate
+        terms = loss(d_real, d_fake)
+        (terms.total / accumulate).backward()
+        out["D_real"] += terms.real.detach() / accumulate
+        out["D_fake"] += terms.fake.detach() / accumulate
         out["D_out_real"] += d_real.detach().mean() / accumulate
         out["D_out_fake"] += d_fake.detach().mean() / accumulate
     out["D_grad_norm"] = grad_norm(D)
-    optimizer_step(opt_D)
+    ctx.optimizer_step(opt_D)
     # Free D's gradients now rather than at its next step: they would otherwise sit in memory through the G step
     # (D-128 at ch=96: 88M floats, 0.33 GiB). Same for G below, through the D steps.
     opt_D.zero_grad(set_to_none=True)
@@ -99,12 +113,11 @@ def g_step(
     G: nn.Module,
     D: nn.Module,
     opt_G: torch.optim.Optimizer,
+    *,
     z: Tensor,
-    y: Optional[Tensor],
-    loss_g: Callable[[Tensor], Tensor],
-    optimizer_step: Callable[[torch.optim.Optimizer], None],
-    autocast: Callable[[], object],
-    accumulate: int = 1,
+    y: Optional[Tensor] = None,
+    loss: Callable[[Tensor], Tensor],
+    ctx: StepContext,
     regularize: Optional[Callable[[], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """One G update through a frozen D; returns detached G statistics.
@@ -114,9 +127,9 @@ def g_step(
         D: the **unwrapped** discriminator (its parameters are frozen here, so a DDP wrapper would wait for gradients
             that never come).
         opt_G: G's optimiser.
-        z: fresh latents (B, dim_z); y: labels (B,) or None.
-        loss_g: a G loss from :mod:`biggan.training.losses`.
-        optimizer_step, autocast, accumulate: as in :func:`d_step`.
+        z: fresh latents (B, dim_z); y: labels (B,), or None when unconditional.
+        loss: a G loss from :mod:`biggan.training.losses`.
+        ctx: as in :func:`d_step`.
         regularize: returns an extra loss on G's weights (orthogonal regularisation), added once per update to the
             first micro-batch's loss, so its gradient flows through the same backward (and the same DDP reducer).
     """
@@ -124,18 +137,19 @@ def g_step(
     set_requires_grad(D, False)
     opt_G.zero_grad(set_to_none=True)
     out = {"G": torch.zeros((), device=z.device)}
+    accumulate = ctx.accumulate
     for index, (z_mb, y_mb) in enumerate(zip(z.chunk(accumulate), _chunks(y, accumulate))):
-        with autocast():
+        with ctx.autocast():
             x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
             d_fake = D(x_fake, y_mb)  # (B,)
-        loss = loss_g(d_fake.float())
-        total = loss / accumulate
+        g_loss = loss(d_fake.float())
+        total = g_loss / accumulate
         if regularize is not None and index == 0:
             total = total + regularize()
         total.backward()
-        out["G"] += loss.detach() / accumulate
+        out["G"] += g_loss.detach() / accumulate
     out["G_grad_norm"] = grad_norm(G)
-    optimizer_step(opt_G)
+    ctx.optimizer_step(opt_G)
     opt_G.zero_grad(set_to_none=True)
     set_requires_grad(D, True)
     return out

@@ -22,7 +22,7 @@ from biggan.models import AttentionConfig, ModelConfig, NetworkConfig, build_dis
 from biggan.runtime import Runtime, RuntimeConfig
 from biggan.training.losses import hinge_d, hinge_g
 from biggan.training.optimizer import LeanAdam
-from biggan.training.steps import d_step, g_step
+from biggan.training.steps import StepContext, d_step, g_step
 
 RES, DIM_Z = 32, 64
 
@@ -47,6 +47,7 @@ def train(rt: Runtime, out: Path, batch: int, steps: int) -> None:
     D = rt.wrap_model(build_discriminator(model_config()))
     opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
     opt_D = LeanAdam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    ctx = StepContext(rt.optimizer_step, rt.autocast)
 
     data = torch.Generator().manual_seed(1234)  # the global batch stream, identical on every rank
     mine = slice(rt.rank * batch, (rt.rank + 1) * batch)
@@ -56,13 +57,12 @@ def train(rt: Runtime, out: Path, batch: int, steps: int) -> None:
         x_real = torch.rand(global_batch, 3, RES, RES, generator=data) * 2 - 1  # (B_global, 3, h, w)
         z_d = torch.randn(global_batch, DIM_Z, generator=data)
         z_g = torch.randn(global_batch, DIM_Z, generator=data)
-        stats = d_step(G, D, opt_D, rt.shard_batch(x_real[mine]), rt.shard_batch(z_d[mine]), None, hinge_d,
-                       rt.optimizer_step, rt.autocast)
-        stats.update(g_step(G, rt.unwrap(D), opt_G, rt.shard_batch(z_g[mine]), None, hinge_g, rt.optimizer_step,
-                            rt.autocast))
+        stats = d_step(G, D, opt_D, x_real=rt.shard_batch(x_real[mine]), z=rt.shard_batch(z_d[mine]), loss=hinge_d,
+                       ctx=ctx)
+        stats.update(g_step(G, rt.unwrap(D), opt_G, z=rt.shard_batch(z_g[mine]), loss=hinge_g, ctx=ctx))
         losses.append(rt.reduce_mean({k: stats[k] for k in ("D_real", "D_fake", "G")}))
 
-    torch.save({"G": rt.unwrap(G).state_dict(), "D": rt.unwrap(D).state_dict(), "seed_offset": rt.seed_offset,
+    torch.save({"G": rt.unwrap(G).state_dict(), "D": rt.unwrap(D).state_dict(), "rank": rt.rank,
                 "num_data_shards": rt.num_data_shards}, out / f"rank{rt.rank}.pt")
     if rt.is_main:
         (out / "losses.json").write_text(json.dumps(losses))

@@ -29,12 +29,13 @@ from biggan.models import (
     attention_rng_state,
     build_discriminator,
     build_generator,
+    load_state_strict,
 )
 from biggan.runtime import Runtime, RuntimeConfig
-from biggan.training.checkpoint import FORMAT_VERSION, load_checkpoint, load_state_strict, save_checkpoint
+from biggan.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from biggan.training.losses import hinge_d, hinge_g
 from biggan.training.optimizer import LeanAdam
-from biggan.training.steps import d_step, g_step
+from biggan.training.steps import StepContext, d_step, g_step
 from smyrf import smyrf_attention
 
 RES, DIM_Z, GLOBAL_BATCH = 32, 64, 4
@@ -123,10 +124,10 @@ def train(rt: Runtime, steps: int = STEPS) -> dict[str, Any]:
         start = time.perf_counter()
         x_real = torch.rand(GLOBAL_BATCH, 3, RES, RES, generator=data) * 2 - 1  # (B, 3, h, w)
         z_d, z_g = torch.randn(GLOBAL_BATCH, DIM_Z, generator=data), torch.randn(GLOBAL_BATCH, DIM_Z, generator=data)
-        out = d_step(G, D, opt_D, rt.shard_batch(x_real), rt.shard_batch(z_d), None, hinge_d, rt.optimizer_step,
-                     rt.autocast)
+        ctx = StepContext(rt.optimizer_step, rt.autocast)
+        out = d_step(G, D, opt_D, x_real=rt.shard_batch(x_real), z=rt.shard_batch(z_d), loss=hinge_d, ctx=ctx)
         rt.mark_step()
-        out.update(g_step(G, rt.unwrap(D), opt_G, rt.shard_batch(z_g), None, hinge_g, rt.optimizer_step, rt.autocast))
+        out.update(g_step(G, rt.unwrap(D), opt_G, z=rt.shard_batch(z_g), loss=hinge_g, ctx=ctx))
         rt.mark_step()
         stats.append({k: out[k] for k in ("D_real", "D_fake", "G")})  # device tensors: no host sync in the loop
         rt.synchronize()  # timing only

@@ -1,4 +1,4 @@
-"""Atomic, crash-safe checkpoint store for the full training state.
+"""Atomic, crash-safe checkpoint files: write, alias, prune, find and load them safely.
 
 Why: a run on a spot VM is killed at arbitrary moments (SIGKILL, power loss, disk full). Whatever instant that happens,
 the directory must still hold a complete checkpoint that loads, and at most one checkpoint interval may be lost. So
@@ -16,12 +16,10 @@ Layout of ``ckpt_dir``::
 
 File format: ``torch.save`` of a dict that holds only tensors and plain containers/numbers/strings, so that it loads
 with ``torch.load(weights_only=True)``. That loader refuses any pickle that would construct arbitrary objects, so
-opening a checkpoint from someone else can never execute code (a full pickle can run anything on load). Keys
-(``FORMAT_VERSION`` 1): ``format_version``, ``config`` (resolved config as a dict), ``model_args``, ``step``,
-``images_seen``, ``best_fid``, ``G``, ``D``, ``G_ema`` (state dicts; ``G_ema`` may be None), ``opt_G``, ``opt_D``
-(optimizer state dicts), ``rng``, ``data`` (batch stream state), ``attention_rng`` (SMYRF projection generators);
-optional: ``divergence`` (the divergence guard's rollback count; older files lack it). Writers may add keys; readers
-ignore extras.
+opening a checkpoint from someone else can never execute code (a full pickle can run anything on load). Every dict
+carries ``format_version`` (:data:`FORMAT_VERSION`); what the other keys are is the schema of whoever writes them:
+a generator checkpoint (:mod:`biggan.generation.checkpoint`) and the full training state that extends it
+(:mod:`biggan.training.state`). This module stores and loads such dicts and knows none of their keys.
 """
 
 from __future__ import annotations
@@ -38,13 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from biggan.errors import CheckpointError
 
 __all__ = [
     "FORMAT_VERSION",
-    "REQUIRED_KEYS",
     "LATEST_NAME",
     "BEST_NAME",
     "save_checkpoint",
@@ -52,14 +48,9 @@ __all__ = [
     "find_latest",
     "list_step_checkpoints",
     "step_path",
-    "load_state_strict",
 ]
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS: tuple[str, ...] = (
-    "format_version", "config", "model_args", "step", "images_seen", "best_fid",
-    "G", "D", "G_ema", "opt_G", "opt_D", "rng", "data", "attention_rng",
-)
+FORMAT_VERSION = 1  # bump when a key of the checkpoint schema changes meaning; readers refuse newer files
 LATEST_NAME = "latest.pt"
 BEST_NAME = "best.pt"
 _TMP_PREFIX = ".tmp-"
@@ -139,12 +130,13 @@ def save_checkpoint(
     return target
 
 
-def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = REQUIRED_KEYS) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
     """Load a checkpoint on the CPU with ``weights_only=True`` (never executes code from the file).
 
     Args:
         path: the checkpoint file.
-        required: keys that must be present (``sample.py`` may ask for fewer than a full training resume).
+        required: keys the caller's schema needs (a generator checkpoint's for ``sample.py``, the training state's
+            for a resume).
 
     Raises:
         CheckpointError: missing, truncated/corrupt, unsafe (a pickle that would build arbitrary objects), not a
@@ -191,41 +183,6 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = REQUIRED_
             "use a checkpoint written by train.py"
         )
     return obj
-
-
-def load_state_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(strict=True)`` with a one-line ``CheckpointError`` naming the first mismatch.
-
-    Why: torch's own error lists every mismatching key across many lines (and a traceback); a user who points a 256 run
-    at a 128 checkpoint needs one line saying which architecture differs and what to do.
-
-    Args:
-        module: the freshly built network.
-        state_dict: its state from the checkpoint.
-        what: names the source in the message, e.g. ``"G in runs/00001/checkpoints/latest.pt"``.
-    """
-    expected = module.state_dict()
-    for key, value in expected.items():
-        if key not in state_dict:
-            raise CheckpointError(
-                f"{what} does not match the model: key '{key}' is missing from the checkpoint (another architecture); "
-                "rebuild the model from the checkpoint's own config, or pass a checkpoint of this architecture"
-            )
-        got = state_dict[key]
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(value.shape):
-            got_shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            raise CheckpointError(
-                f"{what} does not match the model: '{key}' is {got_shape} in the checkpoint but "
-                f"{tuple(value.shape)} in the model (another architecture); rebuild the model from the checkpoint's "
-                "own config, or pass a matching checkpoint"
-            )
-    extra = [key for key in state_dict if key not in expected]
-    if extra:
-        raise CheckpointError(
-            f"{what} does not match the model: the checkpoint has the extra key '{extra[0]}' (another architecture); "
-            "rebuild the model from the checkpoint's own config, or pass a checkpoint of this architecture"
-        )
-    module.load_state_dict(state_dict, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

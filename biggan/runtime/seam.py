@@ -28,126 +28,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import resource
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ContextManager, Literal, Optional
+from typing import Any, ContextManager, Optional
 
 import torch
 import torch.nn as nn
 
 from biggan.errors import ConfigError
+from biggan.runtime import memory
+from biggan.runtime.batchnorm import convert_cross_replica_bn
+from biggan.runtime.config import RuntimeConfig
 
-__all__ = ["RuntimeConfig", "Runtime", "CrossReplicaBatchNorm", "convert_cross_replica_bn"]
-
-_PROC_STATUS = Path("/proc/self/status")
-
-
-@dataclass
-class RuntimeConfig:
-    """Where and how the step runs (the ``runtime:`` section of a run config)."""
-
-    kind: Literal["auto", "cpu", "cuda", "xla"] = "auto"  # auto: xla if PJRT_DEVICE is set, else cuda, else cpu
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward passes under bf16 autocast; weights and optimiser fp32
-    sync_bn: bool = False  # cross-replica BatchNorm statistics over all processes (small per-device batches)
-    spmd: bool = True  # xla only: data parallel over all local devices with SPMD (False: first device only)
-    threads: int = 0  # CPU intra-op threads (torch.set_num_threads); 0 keeps torch's default
-
-    def validate(self) -> None:
-        """Reject values no runtime can use."""
-        if self.threads < 0:
-            raise ConfigError(f"runtime.threads must be >= 0 (0 = torch default), got {self.threads}")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Cross-replica BatchNorm (torch's SyncBatchNorm refuses CPU tensors, so gloo tests could not exercise it)
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes whose backward is again a sum over processes (each rank's loss depends on every input)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        out = x.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return _AllReduceSum.apply(grad)
-
-
-class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training statistics cover the global batch of all processes.
-
-    Each process all-reduces its per-channel (Σx, Σx², count) with an autograd-aware all-reduce, so the backward pass
-    carries the gradient through the global mean and variance exactly as one big batch would. Eval mode uses the
-    running statistics (identical on every rank, since they are updated from global statistics).
-    """
-
-    def _check_input_dim(self, x: torch.Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected a (B, C, ...) input, got shape {tuple(x.shape)}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
-        import torch.distributed as dist
-
-        if not (self.training or self.running_mean is None) or not dist.is_initialized():
-            return super().forward(x)
-        C = x.shape[1]
-        dims = [0] + list(range(2, x.dim()))
-        xf = x.float()  # statistics in fp32 even under bf16 autocast, as native batch_norm does
-        count = xf.new_full((1,), x.numel() // C)
-        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,): Σx, Σx², n of this process
-        stats = _AllReduceSum.apply(local)  # (2C + 1,) over all processes
-        n = stats[2 * C]
-        mean = stats[:C] / n  # (C,)
-        var = (stats[C : 2 * C] / n - mean * mean).clamp_min(0.0)  # (C,) biased, as used for normalisation
-        if self.training and self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), n.detach())
-        scale = torch.rsqrt(var + self.eps)
-        shift = -mean * scale
-        if self.affine:
-            scale = scale * self.weight
-            shift = shift * self.weight + self.bias
-        shape = (1, C) + (1,) * (x.dim() - 2)
-        return (xf * scale.view(shape) + shift.view(shape)).to(x.dtype)  # (B, C, ...)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = var * n / (n - 1).clamp_min(1.0)
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-
-
-def convert_cross_replica_bn(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer by :class:`CrossReplicaBatchNorm`, reusing its parameters and buffers."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CrossReplicaBatchNorm):
-        new = CrossReplicaBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
-        )
-        if module.affine:
-            new.weight, new.bias = module.weight, module.bias
-        if module.track_running_stats:
-            new.running_mean, new.running_var = module.running_mean, module.running_var
-            new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        converted = convert_cross_replica_bn(child)
-        if converted is not child:
-            setattr(module, name, converted)
-    return module
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The runtime
+__all__ = ["Runtime"]
 
 
 def _resolve_kind(kind: str) -> str:
@@ -179,7 +70,6 @@ class Runtime:
         self.local_rank = local_rank
         self.num_devices = num_devices  # devices the global batch is split over
         self.is_main = rank == 0  # logging, checkpoints, FID writes happen here only
-        self.seed_offset = rank  # add to the run seed: distinct z / data / hashing streams per process
         self._mesh = mesh  # xla SPMD: 1-D device mesh named 'data'
 
     # -- construction ---------------------------------------------------------------------------------------------
@@ -304,8 +194,14 @@ class Runtime:
             stacked = stacked / self.world_size
         return dict(zip(keys, stacked.cpu().tolist()))
 
+    @property
+    def metric_shards(self) -> int:
+        """How many processes each compute a share of an evaluation (FID fakes) whose sums :meth:`reduce_sum_` adds:
+        every DDP process; one under SPMD (the program is already global) and on one process."""
+        return self.world_size if self._distributed() else 1
+
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over processes in place (FID feature sums); a no-op on one process and under SPMD."""
+        """Sum ``tensor`` over :attr:`metric_shards` processes in place (FID feature sums); a no-op for one shard."""
         if self._distributed():
             import torch.distributed as dist
 
@@ -363,37 +259,12 @@ class Runtime:
             xm.wait_device_ops()
 
     def peak_memory_bytes(self) -> int:
-        """Peak memory since the last :meth:`reset_peak_memory`: CUDA allocations, else the process's peak RSS."""
-        if self.kind == "cuda":
-            return int(torch.cuda.max_memory_allocated(self.device))
-        if self.kind == "xla":
-            import torch_xla.core.xla_model as xm
-
-            try:  # TPU reports a device peak; XLA:CPU has none and falls back to the host RSS
-                info = xm.get_memory_info(self.device)
-            except RuntimeError:
-                info = {}
-            if "peak_bytes_used" in info:
-                return int(info["peak_bytes_used"])
-        if _PROC_STATUS.exists():  # Linux: VmHWM, resettable through clear_refs
-            for line in _PROC_STATUS.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB elsewhere
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+        """Peak memory since the last :meth:`reset_peak_memory` (see :mod:`biggan.runtime.memory`)."""
+        return memory.peak_memory_bytes(self.kind, self.device)
 
     def reset_peak_memory(self) -> None:
-        """Start a new peak: CUDA statistics, or (Linux) the peak RSS set back to the current RSS."""
-        if self.kind == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif _PROC_STATUS.exists():
-            with contextlib.suppress(OSError):
-                Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM (Linux >= 4.0)
-
-    def print0(self, *args: Any, **kwargs: Any) -> None:
-        """print() on the main process only, flushed."""
-        if self.is_main:
-            print(*args, **kwargs, flush=True)
+        """Start a new peak (CUDA statistics, or the host's peak RSS)."""
+        memory.reset_peak_memory(self.kind, self.device)
 
     def shutdown(self) -> None:
         """Leave the process group (call once at the end of a run, also after errors)."""

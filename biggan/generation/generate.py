@@ -1,0 +1,31 @@
+"""Batched generation in eval mode: BN running statistics, fixed SMYRF projection seeds, no SN power-iteration update.
+
+So samples never change training state or consume training randomness.
+
+Shape legend: B batch; h×w spatial size.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["generate"]
+
+
+@torch.no_grad()
+def generate(G: nn.Module, z: Tensor, batch_size: int, device: torch.device, y: Optional[Tensor] = None) -> Tensor:
+    """G(z) in eval mode, ``batch_size`` rows at a time; (B, 3, h, w) float CPU tensor in [-1, 1]. Restores G's mode."""
+    was_training = G.training
+    G.eval()
+    try:
+        out = []
+        for start in range(0, z.shape[0], batch_size):
+            z_b = z[start : start + batch_size].to(device)
+            y_b = None if y is None else y[start : start + batch_size].to(device)
+            out.append(G(z_b, y_b).float().cpu())
+        return torch.cat(out)  # (B, 3, h, w)
+    finally:
+        G.train(was_training)

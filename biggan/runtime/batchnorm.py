@@ -1,0 +1,99 @@
+"""Cross-replica BatchNorm for processes joined by ``torch.distributed`` on the CPU (gloo).
+
+torch's ``SyncBatchNorm`` refuses CPU tensors, so the gloo tests could not exercise it; this one all-reduces the
+per-channel (Σx, Σx², n) with an autograd-aware sum, so that the backward pass carries the gradient through the global
+mean and variance exactly as one big batch would.
+
+Shape legend: B batch; C channels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CrossReplicaBatchNorm", "convert_cross_replica_bn"]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose backward is again a sum over processes (each rank's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _AllReduceSum.apply(grad)
+
+
+class CrossReplicaBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the global batch of all processes.
+
+    Each process all-reduces its per-channel (Σx, Σx², count) with an autograd-aware all-reduce, so the backward pass
+    carries the gradient through the global mean and variance exactly as one big batch would. Eval mode uses the
+    running statistics (identical on every rank, since they are updated from global statistics).
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected a (B, C, ...) input, got shape {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        import torch.distributed as dist
+
+        if not (self.training or self.running_mean is None) or not dist.is_initialized():
+            return super().forward(x)
+        C = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()  # statistics in fp32 even under bf16 autocast, as native batch_norm does
+        count = xf.new_full((1,), x.numel() // C)
+        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])  # (2C + 1,): Σx, Σx², n of this process
+        stats = _AllReduceSum.apply(local)  # (2C + 1,) over all processes
+        n = stats[2 * C]
+        mean = stats[:C] / n  # (C,)
+        var = (stats[C : 2 * C] / n - mean * mean).clamp_min(0.0)  # (C,) biased, as used for normalisation
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), n.detach())
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale = scale * self.weight
+            shift = shift * self.weight + self.bias
+        shape = (1, C) + (1,) * (x.dim() - 2)
+        return (xf * scale.view(shape) + shift.view(shape)).to(x.dtype)  # (B, C, ...)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: torch.Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * n / (n - 1).clamp_min(1.0)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+
+
+def convert_cross_replica_bn(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer by :class:`CrossReplicaBatchNorm`, reusing its parameters and buffers."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CrossReplicaBatchNorm):
+        new = CrossReplicaBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            new.weight, new.bias = module.weight, module.bias
+        if module.track_running_stats:
+            new.running_mean, new.running_var = module.running_mean, module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = convert_cross_replica_bn(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
