@@ -32,6 +32,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,10 @@ __all__ = [
     "LATEST_NAME",
     "BEST_NAME",
     "save_checkpoint",
+    "LoadFixes",
+    "read_torch_file",
     "load_checkpoint",
+    "write_checkpoint_file",
     "find_latest",
     "list_step_checkpoints",
     "step_path",
@@ -130,6 +134,58 @@ def save_checkpoint(
     return target
 
 
+@dataclass(frozen=True)
+class LoadFixes:
+    """What a refused torch file's one-line error tells the user to do, per kind of failure (the problem is named by
+    :func:`read_torch_file`; the fix depends on what the caller expected the file to be)."""
+
+    missing: str  # the path does not exist or is not a file
+    unsafe: str  # a pickle that would build Python objects
+    corrupt: str  # truncated, corrupt or not a torch file
+
+
+_CHECKPOINT_FIXES = LoadFixes(
+    missing="pass the path of a .pt file from a run's checkpoints/ folder, such as <run>/checkpoints/latest.pt",
+    unsafe="use a checkpoint written by this project's train.py",
+    corrupt="use an earlier step-*.pt from the same folder (or delete this file to resume from the previous one), or "
+            "pass a file written by train.py",
+)
+
+
+def read_torch_file(path: str | os.PathLike, what: str, fixes: LoadFixes) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: never executes code from the file.
+
+    Args:
+        path: the file.
+        what: names the file in messages (``"checkpoint"``, ``"BigGAN-PyTorch file"``).
+        fixes: the fix each kind of failure's message ends with.
+
+    Raises:
+        CheckpointError: missing, not a file, unsafe (a pickle that would build arbitrary objects), or truncated/corrupt.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist; {fixes.missing}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a file; {fixes.missing}")
+    try:
+        with warnings.catch_warnings():
+            # torch warns about unusual pickle protocols before failing; the one-line error below says it all.
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _UNSAFE_GLOBAL_RE.search(str(err))
+        if unsafe:
+            raise CheckpointError(
+                f"{what} {path} references the Python object {unsafe.group(1)} and was refused (a pickle that "
+                f"builds objects could execute code when loaded); {fixes.unsafe}"
+            ) from None
+        # torch's message here advises weights_only=False, which is exactly what must not be done with unknown files.
+        raise _corrupt_error(path, what, "not a valid torch pickle", fixes.corrupt) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError, IndexError) as err:
+        raise _corrupt_error(path, what, err, fixes.corrupt) from None
+
+
 def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> dict[str, Any]:
     """Load a checkpoint on the CPU with ``weights_only=True`` (never executes code from the file).
 
@@ -143,28 +199,7 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> di
             checkpoint of this project, a newer format, or missing keys. The message names the file and the fix.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; pass the path of a .pt file from a run's checkpoints/ folder"
-        )
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is not a file; pass a .pt file such as <run>/checkpoints/latest.pt")
-    try:
-        with warnings.catch_warnings():
-            # torch warns about unusual pickle protocols before failing; the one-line error below says it all.
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        unsafe = _UNSAFE_GLOBAL_RE.search(str(err))
-        if unsafe:
-            raise CheckpointError(
-                f"checkpoint {path} references the Python object {unsafe.group(1)} and was refused (a pickle that "
-                "builds objects could execute code when loaded); use a checkpoint written by this project's train.py"
-            ) from None
-        # torch's message here advises weights_only=False, which is exactly what must not be done with unknown files.
-        raise _corrupt_error(path, "not a valid checkpoint pickle") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError, IndexError) as err:
-        raise _corrupt_error(path, err) from None
+    obj = read_torch_file(path, "checkpoint", _CHECKPOINT_FIXES)
     if not isinstance(obj, dict) or "format_version" not in obj:
         raise CheckpointError(
             f"{path} is a torch file but not a checkpoint of this project (no 'format_version'); "
@@ -183,6 +218,22 @@ def load_checkpoint(path: str | os.PathLike, required: Iterable[str] = ()) -> di
             "use a checkpoint written by train.py"
         )
     return obj
+
+
+def write_checkpoint_file(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write one checkpoint dict atomically to ``path`` (no step naming, aliases or pruning: e.g. an imported model).
+
+    Raises:
+        CheckpointError: the location cannot be written; nothing is left at ``path`` (a previous file stays intact).
+    """
+    _check_plain(state, "state")
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target.parent, target, lambda f: torch.save(dict(state), f))
+    except OSError as err:
+        raise _write_error(target, err) from None
+    return target
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -286,12 +337,9 @@ def _write_error(target: Path, err: OSError) -> CheckpointError:
     )
 
 
-def _corrupt_error(path: Path, err: BaseException | str) -> CheckpointError:
+def _corrupt_error(path: Path, what: str, err: BaseException | str, fix: str) -> CheckpointError:
     detail = err if isinstance(err, str) else (str(err).splitlines()[0][:120] if str(err) else type(err).__name__)
-    return CheckpointError(
-        f"checkpoint {path} is truncated or corrupt ({detail}); use an earlier step-*.pt from the same folder "
-        "(or delete this file to resume from the previous one), or pass a file written by train.py"
-    )
+    return CheckpointError(f"{what} {path} is truncated or corrupt ({detail}); {fix}")
 
 
 def _check_plain(obj: Any, where: str) -> None:

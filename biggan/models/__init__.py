@@ -9,7 +9,13 @@ checkpoint (``dataclasses.asdict(cfg)``).
 """
 
 from biggan.models.attention import SelfAttention2d
-from biggan.models.config import AttentionConfig, ModelConfig, NetworkConfig, model_config_from_dict
+from biggan.models.config import (
+    AttentionConfig,
+    ModelConfig,
+    NetworkConfig,
+    architecture_differences,
+    model_config_from_dict,
+)
 from biggan.models.discriminator import Discriminator, build_discriminator
 from biggan.models.ema import EMA
 from biggan.models.generator import Generator, build_generator
@@ -30,6 +36,7 @@ __all__ = [
     "NetworkConfig",
     "ModelConfig",
     "model_config_from_dict",
+    "architecture_differences",
     "Generator",
     "Discriminator",
     "build_generator",

@@ -14,7 +14,7 @@ from biggan.config import Section, from_dict, number
 from biggan.errors import ConfigError
 from biggan.models.architectures import G_ARCHS, SUPPORTED_RESOLUTIONS
 
-__all__ = ["AttentionConfig", "NetworkConfig", "ModelConfig", "model_config_from_dict"]
+__all__ = ["AttentionConfig", "NetworkConfig", "ModelConfig", "model_config_from_dict", "architecture_differences"]
 
 _SMYRF_KEYS = ("n_hashes", "q_cluster_size", "k_cluster_size")
 
@@ -134,3 +134,26 @@ class ModelConfig(Section):
 def model_config_from_dict(data: dict) -> ModelConfig:
     """Rebuild a ModelConfig from ``to_dict(cfg)`` (as stored in checkpoints), strictly, with the one loader."""
     return from_dict(ModelConfig, data, "model")
+
+
+# The fields that decide parameter and buffer shapes. Attention kind and SMYRF settings, sn_iters, the epsilons, init and
+# smyrf_seed do not: weights trained under one value load under another (dense-trained attention runs as SMYRF).
+_SHAPE_FIELDS = ("resolution", "dim_z", "conditioning", "n_classes", "shared_dim")
+
+
+def architecture_differences(a: ModelConfig, b: ModelConfig, networks: tuple[str, ...] = ("G", "D")) -> list[str]:
+    """Where ``a`` and ``b`` build networks of different shapes: ``["model.G.ch 96 vs 64", ...]`` (empty: the same).
+
+    Args:
+        networks: which networks' widths and attention resolutions count (``("G",)`` when only G's weights load).
+    """
+    out = [f"model.{name} {getattr(a, name)} vs {getattr(b, name)}"
+           for name in _SHAPE_FIELDS if getattr(a, name) != getattr(b, name)]
+    for net in networks:
+        net_a, net_b = getattr(a, net), getattr(b, net)
+        if net_a.ch != net_b.ch:
+            out.append(f"model.{net}.ch {net_a.ch} vs {net_b.ch}")
+        res_a, res_b = sorted(s.res for s in net_a.attention), sorted(s.res for s in net_b.attention)
+        if res_a != res_b:
+            out.append(f"model.{net}.attention at res {res_a or 'none'} vs {res_b or 'none'}")
+    return out
