@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Optional
 
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
 from biggan.errors import DataError
 
@@ -90,17 +92,33 @@ def image_grid(x: Tensor, nrow: Optional[int] = None) -> Tensor:
     return make_grid(to_uint8(x).float() / 255.0, nrow=nrow, padding=2, pad_value=1.0)
 
 
-def save_grid(x: Tensor, path: str | Path, nrow: Optional[int] = None) -> Tensor:
-    """Save an image grid as PNG and return it (for TensorBoard)."""
+def _save_png(pixels: Tensor, path: Path, metadata: Optional[Mapping[str, str]]) -> None:
+    """uint8 (3, h, w) -> PNG, ``metadata`` as text chunks (``Image.open(path).text`` reads them back)."""
+    info = None
+    if metadata:
+        info = PngInfo()
+        for key, value in metadata.items():
+            info.add_text(key, str(value))
+    Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy()).save(path, format="PNG", pnginfo=info)
+
+
+def save_grid(x: Tensor, path: str | Path, nrow: Optional[int] = None,
+              metadata: Optional[Mapping[str, str]] = None) -> Tensor:
+    """Save an image grid as PNG (with ``metadata`` as text chunks) and return it (for TensorBoard)."""
     grid = image_grid(x, nrow)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The grid holds exact k/255 values (quantised by to_uint8); x·255 + 0.5 truncated gives k back, as torchvision's
+    # save_image computes it.
+    _save_png((grid * 255 + 0.5).clamp(0, 255).to(torch.uint8), path, metadata)
     return grid
 
 
-def save_image_files(x: Tensor, outdir: str | Path, names: list[str]) -> None:
-    """One PNG per image: ``<outdir>/<name>.png`` (uint8-quantised exactly as the grids and FID fakes)."""
+def save_image_files(x: Tensor, outdir: str | Path, names: list[str],
+                     metadata: Optional[Sequence[Mapping[str, str]]] = None) -> None:
+    """One PNG per image: ``<outdir>/<name>.png`` (uint8-quantised exactly as the grids and FID fakes), each with its
+    ``metadata[i]`` as text chunks."""
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    for image, name in zip(x, names):
-        save_image(to_uint8(image).float() / 255.0, str(out / f"{name}.png"))
+    for index, (image, name) in enumerate(zip(x, names)):
+        _save_png(to_uint8(image), out / f"{name}.png", metadata[index] if metadata else None)

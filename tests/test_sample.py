@@ -58,7 +58,7 @@ def test_parse_seeds():
 def test_latents_depend_only_on_the_seed():
     z = latents_for_seeds([0, 1, 2, 3], 16)
     assert torch.equal(latents_for_seeds([2], 16)[0], z[2])
-    assert torch.equal(latents_for_seeds([3, 0], 16, truncation=0.5), 0.5 * z[[3, 0]])
+    assert torch.equal(latents_for_seeds([3, 0], 16, z_scale=0.5), 0.5 * z[[3, 0]])
 
 
 def test_images_identical_across_batch_sizes_and_runs(smyrf_checkpoint):
@@ -148,3 +148,79 @@ def test_cli_subprocess(smyrf_checkpoint, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "2 images from G_ema at step 7" in result.stdout and (tmp_path / "g.png").is_file()
+
+
+# --- truncation trick ---------------------------------------------------------------------------------------------------
+
+def test_truncation_trick_is_a_truncated_normal_per_seed():
+    from scipy.stats import truncnorm
+
+    z = latents_for_seeds(list(range(2000)), 64, truncate_at=1.0)  # (2000, 64)
+    assert z.abs().max() <= 1.0 and z.abs().max() > 0.99
+    assert abs(z.std().item() - truncnorm.std(-1, 1)) < 0.005  # 0.5379 (a clamped normal would give 0.7 with atoms)
+    assert (z.abs() > 0.999).float().mean() < 0.002  # resampled, not clamped: no mass piles up at +-t
+    again = latents_for_seeds([5, 1999, 0], 64, truncate_at=1.0)
+    assert torch.equal(again, z[[5, 1999, 0]])  # image i depends only on seed i
+    assert torch.equal(latents_for_seeds([7], 64, z_scale=0.5, truncate_at=2.0), 0.5 * latents_for_seeds([7], 64,
+                                                                                                       truncate_at=2.0))
+    plain = latents_for_seeds([7], 64)
+    assert not torch.equal(latents_for_seeds([7], 64, truncate_at=2.0), plain)
+
+
+# --- class-conditional sampling ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def class_checkpoint(tmp_path_factory, tiny_config) -> Path:
+    """A class-conditional G (3 classes with names, ch 8, 32 px; shared embedding rows apart so classes differ)."""
+    tmp = tmp_path_factory.mktemp("class_ckpt")
+    cfg = tiny_config(tmp, 1, "model.conditioning=class", "model.n_classes=3", "model.shared_dim=8")
+    torch.manual_seed(0)
+    G = build_generator(cfg.model)
+    with torch.no_grad():
+        G.shared.weight.mul_(20)
+    state = {"format_version": FORMAT_VERSION, "config": to_dict(cfg), "model_args": to_dict(cfg.model), "step": 3,
+             "G": G.state_dict(), "G_ema": G.state_dict(), "class_names": ["cat", "dog", "owl"]}
+    return save_checkpoint(state, tmp, step=3, keep_last=1)
+
+
+def test_class_sampling_cli(class_checkpoint, smyrf_checkpoint, tmp_path, monkeypatch, capsys):
+    ckpt = str(class_checkpoint)
+    assert _sample_main(monkeypatch, ckpt, "--classes", "0-2", "--seeds", "3,4", "--grid", str(tmp_path / "rows.png"),
+                        "--outdir", str(tmp_path / "rows"), "--batch-size", "1", "--truncation-trick", "1.5") == 0
+    grid = Image.open(tmp_path / "rows.png")
+    assert grid.size == (2 + 2 * 34, 2 + 3 * 34)  # 3 class rows x 2 seed columns
+    assert grid.text["classes"] == "0 (cat), 1 (dog), 2 (owl)" and grid.text["truncation_trick"] == "1.5"
+    assert "truncated to [-1.5, 1.5]" in grid.text["z"] and grid.text["z_scale"] == "1"
+    files = sorted(p.name for p in (tmp_path / "rows").iterdir())
+    assert files == [f"class{c:04d}-seed{s:04d}.png" for c in range(3) for s in (3, 4)]
+    one = Image.open(tmp_path / "rows" / "class0001-seed0004.png")
+    assert one.text["seed"] == "4" and one.text["class"] == "1 (dog)" and one.text["network"] == "G_ema"
+    rows = {c: np.asarray(Image.open(tmp_path / "rows" / f"class{c:04d}-seed0004.png")) for c in range(3)}
+    assert not np.array_equal(rows[0], rows[1])  # the class changes the image
+
+    # --class by name: the same image as that class's row (same seed, same batch size)
+    assert _sample_main(monkeypatch, ckpt, "--class", "dog", "--seeds", "4", "--outdir", str(tmp_path / "one"),
+                        "--batch-size", "1", "--truncation-trick", "1.5") == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "one" / "class0001-seed0004.png")), rows[1])
+
+    capsys.readouterr()
+    assert _sample_main(monkeypatch, ckpt, "--list-classes") == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["3 classes", "0 (cat)"]
+    for argv, words in (([ckpt, "--grid", "g.png"], "class-conditional"),
+                        ([ckpt, "--class", "7", "--grid", "g.png"], "0-2"),
+                        ([ckpt, "--class", "bat", "--grid", "g.png"], "--list-classes"),
+                        ([ckpt, "--classes", "0-1", "--interpolate", "--grid", "g.png"], "--class C"),
+                        ([str(smyrf_checkpoint), "--class", "1", "--grid", "g.png"], "unconditional"),
+                        ([ckpt, "--class", "1", "--truncation-trick", "0", "--grid", "g.png"], "--truncation-trick")):
+        assert _sample_main(monkeypatch, *argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unconditional_png_metadata_and_the_old_truncation_name(smyrf_checkpoint, tmp_path, monkeypatch):
+    assert _sample_main(monkeypatch, str(smyrf_checkpoint), "--seeds", "0-1", "--truncation", "0.7",
+                        "--grid", str(tmp_path / "g.png"), "--outdir", str(tmp_path / "o")) == 0
+    text = Image.open(tmp_path / "g.png").text
+    assert text["z"] == "N(0, I) times 0.7 (z scale)" and text["truncation_trick"] == "off"
+    assert text["seeds"] == "0-1" and "smyrf" in text["attention"] and text["step"] == "7"
+    assert Image.open(tmp_path / "o" / "seed0001.png").text["seed"] == "1"
