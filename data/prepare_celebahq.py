@@ -4,7 +4,8 @@ SRC is a folder (searched recursively) or a zip of square JPG/PNG images in any 
 receives ``images.npy`` (uint8 memmap) and ``manifest.json`` (:mod:`biggan.data.prepare`), then the FID reference
 statistics ``fid_stats_d2048.npz`` of all prepared images (:mod:`biggan.fid`); point ``data.path`` at it with
 ``data.kind: prepared``. Rerunning skips finished work: up-to-date images, and statistics made by the same extractor
-from the same number of images.
+from the same number of images. ``--labels`` prepares any folder with one sub-folder per class (torchvision
+ImageFolder rules) for class-conditional training: ``labels.npy`` and the class names go with the images.
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from biggan.fid.weights import resolve_weights_path
 def prepare(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
             skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT, fid_dims: Sequence[int] = (2048,),
             weights_path: str | None = None, batch_size: int = 50, workers: int = 1,
-            device: str = "cpu") -> PrepareReport:
+            device: str = "cpu", labelled: bool = False) -> PrepareReport:
     """Prepared images at every resolution, then their FID reference statistics at each of ``fid_dims``.
 
     The weights are checked before any image is touched, so a missing file fails in seconds, not after decoding.
     """
     weights = resolve_weights_path(weights_path) if fid_dims else None  # WeightsError before any work
     report = prepare_dataset(src, out, resolutions, resample=resample, skip_bad=skip_bad, expect_count=expect_count,
-                             workers=workers)
+                             workers=workers, labelled=labelled)
     extractors = {}
     for res in resolutions:
         dataset = PreparedDataset(Path(out) / str(res), res)
@@ -62,12 +63,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode processes")
     parser.add_argument("--device", default="cpu", help="device for the Inception network, e.g. cuda")
+    parser.add_argument("--labels", action="store_true",
+                        help="SRC has one sub-folder per class (ImageFolder rules): prepare labels and class names too")
     args = parser.parse_args()
     report = prepare(args.src, args.out, args.resolution, resample=args.filter, skip_bad=args.skip_bad,
                      expect_count=args.expect_count, fid_dims=args.fid_dims, weights_path=args.weights,
-                     batch_size=args.batch_size, workers=args.workers, device=args.device)
+                     batch_size=args.batch_size, workers=args.workers, device=args.device, labelled=args.labels)
     src = report.source
-    print(f"source: {src.path} ({src.form}, layout {src.layout}, {len(src.names)} images)")
+    print(f"source: {src.path} ({src.form}, layout {src.layout}, {len(src.names)} images"
+          + (f", {len(src.classes)} classes" if src.classes else "") + ")")
     for problem in report.skipped:
         print(f"skipped: {problem}")
     for res, path in report.outputs.items():

@@ -177,3 +177,86 @@ def test_stream_errors():
     stream = BatchStream(Indexed(40), 8, seed=0)
     with pytest.raises(DataError, match="num_images 41 -> 40"):
         stream.load_state_dict({**stream.state_dict(), "num_images": 41})
+
+
+# --- class labels -----------------------------------------------------------------------------------------------------
+
+def _class_tree(root, layout: dict[str, list[str]]):
+    """Images at ``root/<class>/<name>`` (names may hold sub-folders)."""
+    rng = np.random.default_rng(3)
+    for cls, names in layout.items():
+        for name in names:
+            path = root / cls / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def test_labelled_folder_follows_torchvision_imagefolder(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    root = _class_tree(tmp_path / "pets", {"dog": ["b.png", "a.png", "deep/10.png", "deep/2.png"], "cat": ["z.jpg"],
+                                           "Owl": ["x.png", "x.bmp"]})
+    (root / "cat" / "notes.txt").write_text("not an image")
+    ds = FolderDataset(root, 8, labelled=True)
+    reference = ImageFolder(str(root))
+    assert ds.class_labels.names == reference.classes == ["Owl", "cat", "dog"]  # sorted, case-sensitive
+    assert [str(p) for p in ds.files] == [path for path, _ in reference.samples]
+    assert ds.class_labels.labels.tolist() == reference.targets
+    assert ds.class_labels.counts().tolist() == [2, 1, 4]
+    assert FolderDataset(root, 8).class_labels is None  # unlabelled: today's natural-order listing, no labels
+    assert ds.get_batch(np.array([0, 6])).shape == (2, 3, 8, 8)
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("loose", "holds images directly"), ("hidden", "hidden folder"), ("empty", "no valid file"),
+    ("flat", "no class sub-folders")])
+def test_labelled_folder_mistakes_are_one_clear_error(tmp_path, mistake, message):
+    root = _class_tree(tmp_path / "data", {"a": ["1.png"], "b": ["2.png"]})
+    if mistake == "loose":
+        Image.new("RGB", (16, 16)).save(root / "stray.png")
+    elif mistake == "hidden":
+        _class_tree(root, {".ipynb_checkpoints": ["3.png"]})
+    elif mistake == "empty":
+        (root / "c").mkdir()
+    else:
+        root = tmp_path / "flat"
+        _class_tree(tmp_path, {"flat": ["1.png", "2.png"]})
+    with pytest.raises(DataError, match=message):
+        FolderDataset(root, 8, labelled=True)
+
+
+def test_stream_labels_follow_the_images_and_resume(tmp_path):
+    from biggan.data import ClassLabels  # noqa: F401  (exported)
+
+    labels = np.arange(40, dtype=np.int64) % 7  # image i has class i % 7
+    stream = BatchStream(Indexed(40), 8, seed=3, labels=labels, rank=1, world_size=2)
+    for _ in range(4):  # crosses an epoch (2 batches per rank per epoch)
+        x, y = next(stream)
+        assert y.dtype == torch.int64 and y.tolist() == [i % 7 for i in ids(x)]
+    state = stream.state_dict()
+    expected = [next(stream) for _ in range(3)]
+    resumed = BatchStream(Indexed(40), 8, seed=3, labels=labels, rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    for want_x, want_y in expected:
+        got_x, got_y = next(resumed)
+        assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
+    assert [ids(next(BatchStream(Indexed(40), 8, seed=3))) for _ in range(2)] == \
+        [ids(next(BatchStream(Indexed(40), 8, seed=3, labels=labels))[0]) for _ in range(2)]  # same order either way
+
+
+def test_labels_for_run(tmp_path, demo):
+    from biggan.data import labels_for_run
+
+    root = _class_tree(tmp_path / "data", {"a": ["1.png", "2.png"], "b": ["3.png"]})
+    labelled = build_dataset(DataConfig(kind="folder", path=str(root)), 8, n_classes=2)
+    assert labels_for_run(labelled, 2, "data").labels.tolist() == [0, 0, 1]
+    with pytest.raises(ConfigError, match="has 2 classes .* model.n_classes=2"):
+        labels_for_run(labelled, 5, "data")
+    one = labels_for_run(demo, 1, "demo")  # no labels, one class: every image class 0
+    assert one.labels.shape == (64,) and not one.labels.any()
+    with pytest.raises(DataError, match="no class labels.*--labels"):
+        labels_for_run(demo, 3, "demo")
+    with pytest.raises(DataError, match="demo dataset"):  # refused before the demo faces are drawn
+        build_dataset(DataConfig(kind="synthetic", path=str(tmp_path / "never")), 32, n_classes=3)
+    assert not (tmp_path / "never").exists()

@@ -186,3 +186,25 @@ def test_parallel_workers_read_zip_identically(tmp_path):
         one = json.loads((tmp_path / "one" / str(res) / "manifest.json").read_text())
         two = json.loads((tmp_path / "two" / str(res) / "manifest.json").read_text())
         assert one["sha256"] == two["sha256"]
+
+
+def test_labelled_prepare_writes_labels_and_class_names(tmp_path):
+    names = ["cats/0.jpg", "cats/sub/1.jpg", "dogs/2.jpg", "dogs/3.jpg", "owls/4.jpg"]
+    src = _write_tree(tmp_path / "src", names)
+    (src / "dogs" / "2.jpg").write_bytes((src / "dogs" / "2.jpg").read_bytes()[:200])  # a cut download
+    report = _prepare(src, tmp_path / "out", expect_count=5, labelled=True, skip_bad=True)
+    assert report.source.layout == "imagefolder" and report.source.classes == ["cats", "dogs", "owls"]
+    assert len(report.skipped) == 1 and "2.jpg" in report.skipped[0]
+    for res in (32, 16):
+        ds = PreparedDataset(tmp_path / "out" / str(res), res)
+        assert ds.class_labels.names == ["cats", "dogs", "owls"]
+        assert ds.class_labels.labels.tolist() == [0, 0, 1, 2]  # the skipped image took its label with it
+        assert ds.manifest["class_counts"] == [2, 1, 1]
+        assert np.array_equal(ds[2].numpy(), _expected(src / "dogs" / "3.jpg", res))
+    again = _prepare(src, tmp_path / "out", expect_count=5, labelled=True, skip_bad=True)
+    assert again.prepared == []  # up to date
+    unlabelled = _prepare(src, tmp_path / "plain", expect_count=5, skip_bad=True)
+    assert unlabelled.source.fingerprint != report.source.fingerprint
+    assert PreparedDataset(tmp_path / "plain" / "32", 32).class_labels is None
+    with pytest.raises(DataError, match="unzip it first"):
+        _prepare(_zip(src), tmp_path / "zipped", expect_count=5, labelled=True)

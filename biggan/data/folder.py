@@ -2,6 +2,7 @@
 
 ``FolderDataset`` reads a folder of images directly (decode + resize per access). It is the slow path: prefer
 ``python -m data.prepare_celebahq`` once, then ``kind: prepared``, which never decodes a JPEG during training.
+Labelled (for ``conditioning: class``), it reads the folder by torchvision's ImageFolder rules (:mod:`labels`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from biggan.data.labels import ClassLabels, discover_classes
 from biggan.errors import DataError
 from biggan.images import decode_rgb, list_image_files, to_chw
 
@@ -33,12 +35,23 @@ def resize_square(img: Image.Image, resolution: int, name: str, resample: str = 
 
 
 class FolderDataset:
-    """Images of a folder (recursive), decoded, checked square and BOX-resized on every access (slow path)."""
+    """Images of a folder (recursive), decoded, checked square and BOX-resized on every access (slow path).
 
-    def __init__(self, root: str | Path, resolution: int) -> None:
+    Args:
+        labelled: one sub-folder per class (ImageFolder rules and order, ``class_labels`` set); otherwise every image
+            under the root in natural order and ``class_labels`` None.
+    """
+
+    def __init__(self, root: str | Path, resolution: int, labelled: bool = False) -> None:
         self.root = Path(root)
         self.resolution = resolution
-        self.files = list_image_files(self.root)
+        self.class_labels: ClassLabels | None = None
+        if labelled:
+            classes, samples = discover_classes(self.root)
+            self.files = [path for path, _ in samples]
+            self.class_labels = ClassLabels(np.array([label for _, label in samples], dtype=np.int64), classes)
+        else:
+            self.files = list_image_files(self.root)
 
     def __len__(self) -> int:
         return len(self.files)

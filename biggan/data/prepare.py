@@ -4,6 +4,10 @@ Accepted sources: a folder (searched recursively) or a zip of one, holding squar
 >= the target: CelebAMask-HQ ``CelebA-HQ-img/0.jpg…29999.jpg``, Google-Drive ``dataNNNxNNN/00001.jpg…``, Kaggle
 re-uploads, StarGAN v2 ``{train,val}/{female,male}/`` (merged). Files are taken in natural path order.
 
+With ``labelled`` the source is a folder with one sub-folder per class (torchvision ImageFolder rules,
+:mod:`biggan.data.labels`): files are taken in ImageFolder order and each prepared directory also holds the labels
+and the class names.
+
 Steps: a cheap header pass checks the count, squareness and size of every file (so a bad file stops the run in
 seconds, not after hours of decoding); a decode pass converts each image to RGB once and resizes it to every target
 with an antialiasing PIL filter (BOX = ProGAN's 2×2 averaging, the default; LANCZOS = stylegan2-ada's), in parallel
@@ -28,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from biggan.data.folder import RESAMPLE_FILTERS, resize_square
+from biggan.data.labels import discover_classes
 from biggan.data.prepared import PreparedWriter, read_manifest
 from biggan.errors import DataError, UserError
 from biggan.images import IMAGE_EXTENSIONS, decode_rgb, list_image_files, natural_key, to_chw
@@ -45,7 +50,9 @@ class Source:
     form: str  # "folder" | "zip"
     names: list[str]  # relative paths (folder) or member names (zip)
     layout: str  # recognised naming scheme, recorded in the manifest
-    fingerprint: str  # sha256 of "name<TAB>size" lines: a changed source is prepared again
+    fingerprint: str  # sha256 of "name<TAB>size" lines (and the classes): a changed source is prepared again
+    classes: list[str] | None = None  # labelled: class names in index order
+    labels: list[int] | None = None  # labelled: the class of each name
 
 
 def _layout(names: list[str]) -> str:
@@ -61,10 +68,26 @@ def _layout(names: list[str]) -> str:
     return "generic"
 
 
-def scan_source(src: str | Path) -> Source:
-    """List a folder or zip of images; DataError if it is missing, not an image container or empty."""
+def _labelled_files(src: Path) -> tuple[list[str], list[int], list[str]]:
+    """Relative names, labels and class names of a class-folder source (ImageFolder order)."""
+    if not src.is_dir():
+        raise DataError(f"--labels needs a folder with one sub-folder per class; {src} is not a folder (unzip it "
+                        "first)")
+    classes, samples = discover_classes(src)
+    return [path.relative_to(src).as_posix() for path, _ in samples], [label for _, label in samples], classes
+
+
+def scan_source(src: str | Path, labelled: bool = False) -> Source:
+    """List a folder or zip of images; DataError if it is missing, not an image container or empty.
+
+    ``labelled``: a folder of class sub-folders (ImageFolder rules); the names then come with their labels.
+    """
     src = Path(src)
-    if zipfile.is_zipfile(src):
+    classes = labels = None
+    if labelled:
+        names, labels, classes = _labelled_files(src)
+        sizes, form = [(src / n).stat().st_size for n in names], "folder"
+    elif zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir() and Path(i.filename).suffix.lower() in IMAGE_EXTENSIONS
                      and not any(p.startswith((".", "__MACOSX")) for p in Path(i.filename).parts)]
@@ -79,8 +102,11 @@ def scan_source(src: str | Path) -> Source:
         raise DataError(f"{src} is neither a folder nor a zip; point SRC at a folder or zip of images")
     else:
         raise DataError(f"source {src} does not exist; check the SRC path")
-    digest = hashlib.sha256("".join(f"{n}\t{s}\n" for n, s in zip(names, sizes)).encode())
-    return Source(src, form, names, _layout(names), digest.hexdigest())
+    lines = "".join(f"{n}\t{s}\n" for n, s in zip(names, sizes))
+    if classes is not None:  # unlabelled fingerprints stay what they were: prepared directories remain up to date
+        lines = "classes\t" + "\t".join(classes) + "\n" + lines
+    layout = "imagefolder" if classes is not None else _layout(names)
+    return Source(src, form, names, layout, hashlib.sha256(lines.encode()).hexdigest(), classes, labels)
 
 
 class _Reader:
@@ -156,19 +182,19 @@ def _check_headers(reader: _Reader, source: Source, skip_bad: bool, bad: list[st
 
 
 def _decode_all(reader: _Reader, names: list[str], writers: dict[int, PreparedWriter], skip_bad: bool,
-                bad: list[str], workers: int) -> None:
+                bad: list[str], workers: int, label_of: dict[str, int] | None = None) -> None:
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
     results = pool.imap(reader, names, chunksize=16) if pool else map(reader, names)
     try:
-        for status, payload in tqdm(results, total=len(names), desc="decoding + resizing", unit="img", mininterval=2,
-                                    disable=None):
+        for name, (status, payload) in tqdm(zip(names, results), total=len(names), desc="decoding + resizing",
+                                            unit="img", mininterval=2, disable=None):
             if status == "bad":
                 if not skip_bad:
                     raise DataError(payload)
                 bad.append(payload)
                 continue
             for res, image in payload.items():
-                writers[res].append(image)
+                writers[res].append(image, None if label_of is None else label_of[name])
     finally:
         if pool:
             pool.terminate()
@@ -176,17 +202,18 @@ def _decode_all(reader: _Reader, names: list[str], writers: dict[int, PreparedWr
 
 def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
                     skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT,
-                    workers: int = 1) -> PrepareReport:
+                    workers: int = 1, labelled: bool = False) -> PrepareReport:
     """Prepare the images of ``src`` into ``out/<res>/`` for every resolution (resolutions already up to date are
     left alone).
 
     Args:
         expect_count: number of images the source must hold (None or 0 = any); CelebA-HQ has 30,000.
+        labelled: ``src`` has one sub-folder per class; the labels and class names are prepared with the images.
     """
     if resample not in RESAMPLE_FILTERS:
         raise DataError(f"unknown resize filter {resample!r}; use one of {sorted(RESAMPLE_FILTERS)}")
     out = Path(out)
-    source = scan_source(src)
+    source = scan_source(src, labelled)
     if expect_count and len(source.names) != expect_count:
         raise DataError(f"found {len(source.names)} images in {source.path}, expected {expect_count}; "
                         "pass --expect-count N (0 = any) if that is intended")
@@ -198,9 +225,10 @@ def prepare_dataset(src: str | Path, out: str | Path, resolutions: Sequence[int]
     names = _check_headers(reader, source, skip_bad, report.skipped)
     if not names:
         raise DataError(f"every image in {source.path} was skipped as bad; check the source")
-    writers = {res: PreparedWriter(out / str(res), res, len(names)) for res in todo}
+    writers = {res: PreparedWriter(out / str(res), res, len(names), source.classes) for res in todo}
+    label_of = None if source.labels is None else dict(zip(source.names, source.labels))
     try:
-        _decode_all(reader, names, writers, skip_bad, report.skipped, workers)
+        _decode_all(reader, names, writers, skip_bad, report.skipped, workers, label_of)
         for res, writer in writers.items():
             writer.finish()
             writer.commit({"source": {"path": str(source.path.resolve()), "form": source.form,

@@ -3,7 +3,9 @@
 A prepared directory (one resolution) holds::
 
     images.npy          uint8 (N, 3, res, res), C order: a batch is a fancy index, no JPEG decode per step
-    manifest.json       format, resolution, count, resize filter, source form/path/fingerprint, sha256 of the pixels
+    labels.npy          int64 (N,) class index per image, only when prepared from class folders (``--labels``)
+    manifest.json       format, resolution, count, resize filter, source form/path/fingerprint, sha256 of the pixels;
+                        with labels also ``classes`` (names in index order), ``class_counts`` and ``labels_sha256``
     fid_stats_d<D>.npz  FID reference statistics of all N images at this resolution (D = Inception dims)
 
 The directory is built under a temporary name and renamed into place, so a finished name is always complete.
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from biggan.data.labels import ClassLabels
 from biggan.errors import DataError
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
 
 FORMAT = "smyrf-biggan-prepared/1"
 ARRAY_FILE = "images.npy"
+LABELS_FILE = "labels.npy"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -66,10 +70,17 @@ def _sha256_of_array(array: np.ndarray, chunk: int = 256) -> str:
 
 
 class PreparedWriter:
-    """Fills ``images.npy`` in a temporary directory; :meth:`commit` writes the manifest and renames into place."""
+    """Fills ``images.npy`` in a temporary directory; :meth:`commit` writes the manifest and renames into place.
 
-    def __init__(self, final_dir: Path, resolution: int, capacity: int) -> None:
+    Args:
+        class_names: for a labelled dataset (every :meth:`append` then gives the image's label), else None.
+    """
+
+    def __init__(self, final_dir: Path, resolution: int, capacity: int,
+                 class_names: list[str] | None = None) -> None:
         self.final_dir = Path(final_dir)
+        self.class_names = class_names
+        self.labels: list[int] = []
         self.tmp_dir = self.final_dir.with_name(f".{self.final_dir.name}.tmp{os.getpid()}")
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(parents=True)
@@ -78,10 +89,14 @@ class PreparedWriter:
                                  shape=(capacity, 3, resolution, resolution))  # (N, 3, res, res)
         self.count = 0
 
-    def append(self, image: np.ndarray) -> None:
-        """Add one uint8 ``(3, res, res)`` image."""
+    def append(self, image: np.ndarray, label: int | None = None) -> None:
+        """Add one uint8 ``(3, res, res)`` image (and its class index when the dataset is labelled)."""
+        if (label is None) != (self.class_names is None):
+            raise ValueError("a labelled writer takes a label with every image, an unlabelled one none")
         self.array[self.count] = image
         self.count += 1
+        if label is not None:
+            self.labels.append(label)
 
     def _shrink_to_count(self) -> None:
         """Skipped bad files leave unused rows: rewrite the array at its true length (rare path)."""
@@ -110,8 +125,15 @@ class PreparedWriter:
         """Write the manifest (with count and content hash) and atomically move the directory into place."""
         manifest = {"format": FORMAT, "resolution": self.resolution, "count": self.count,
                     "sha256": _sha256_of_array(self.array), **manifest}
+        files = [ARRAY_FILE, MANIFEST_FILE]
+        if self.class_names is not None:
+            labels = np.asarray(self.labels, dtype=np.int64)  # (N,)
+            np.save(self.tmp_dir / LABELS_FILE, labels)
+            manifest |= {"classes": self.class_names, "class_counts": np.bincount(
+                labels, minlength=len(self.class_names)).tolist(), "labels_sha256": _sha256_of_array(labels)}
+            files.append(LABELS_FILE)
         (self.tmp_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        for name in (ARRAY_FILE, MANIFEST_FILE):
+        for name in files:
             with open(self.tmp_dir / name, "rb") as f:
                 os.fsync(f.fileno())
         self.array = None
@@ -130,12 +152,29 @@ class PreparedWriter:
 
     def _same_as_final(self, manifest: dict[str, Any]) -> bool:
         final = read_manifest(self.final_dir)
-        return bool(final) and final["sha256"] == manifest["sha256"] and final["count"] == manifest["count"]
+        return bool(final) and final["sha256"] == manifest["sha256"] and final["count"] == manifest["count"] \
+            and final.get("labels_sha256") == manifest.get("labels_sha256")
 
     def abort(self) -> None:
         """Drop the temporary directory after a failure."""
         self.array = None
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def _read_labels(root: Path, manifest: dict[str, Any]) -> ClassLabels | None:
+    """The labels of a directory prepared with ``--labels`` (None for one prepared without)."""
+    if "classes" not in manifest:
+        return None
+    path, count, classes = root / LABELS_FILE, manifest["count"], manifest["classes"]
+    try:
+        labels = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is unreadable ({err}); delete {root} and prepare it again") from err
+    if labels.shape != (count,) or labels.dtype != np.int64 or (count and not 0 <= labels.min() <= labels.max()
+                                                                < len(classes)):
+        raise DataError(f"{path} holds {labels.dtype} {labels.shape}, not {count} class indices below "
+                        f"{len(classes)}; delete {root} and prepare it again")
+    return ClassLabels(labels, list(classes))
 
 
 class PreparedDataset:
@@ -165,6 +204,7 @@ class PreparedDataset:
         self.root = root
         self.resolution = resolution
         self.manifest = manifest
+        self.class_labels = _read_labels(root, manifest)
 
     def __len__(self) -> int:
         return self.images.shape[0]

@@ -5,11 +5,14 @@ Epoch ``e`` visits the images in the permutation drawn from ``(seed, e)``; rank 
 (fixed shapes, which XLA wants). The x-flip of each visit is drawn from the same ``(seed, e)`` generator, so a batch
 depends only on ``(seed, epoch, position, rank, world_size)``: saving ``(epoch, position)`` is enough to resume
 bit-identically. Batches index the uint8 memmap directly; there is no DataLoader and no per-step JPEG decode.
+
+With ``labels`` (one class index per image, for ``conditioning: class``) a batch is ``(x, y)``: the labels of the same
+indices, so they follow the order, the shards and a resume exactly as the images do.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
 import numpy as np
 import torch
@@ -25,12 +28,16 @@ class ImageSource(Protocol):
 
 
 class BatchStream:
-    """``next(stream)`` -> float ``(B, 3, res, res)`` in [-1, 1] on the CPU, forever."""
+    """``next(stream)`` -> float ``(B, 3, res, res)`` in [-1, 1] on the CPU, forever; with ``labels``, the pair
+    ``(x, y)`` with y int64 ``(B,)``."""
 
     def __init__(self, dataset: ImageSource, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 xflip: bool = False) -> None:
+                 xflip: bool = False, labels: Optional[np.ndarray] = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
+        if labels is not None and len(labels) != len(dataset):
+            raise ValueError(f"{len(labels)} labels for {len(dataset)} images")
+        self.labels = labels  # (N,) int64 or None
         self.dataset = dataset
         self.batch_size = batch_size
         self.seed = seed
@@ -58,7 +65,7 @@ class BatchStream:
     def __iter__(self) -> BatchStream:
         return self
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.position >= self.batches_per_epoch:
             self.epoch += 1
             self.position = 0
@@ -71,13 +78,16 @@ class BatchStream:
         if self.xflip:
             flip = torch.from_numpy(self._flips[span])  # (B,)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if self.labels is not None:
+            return x, torch.from_numpy(self.labels[self._indices[span]])  # (B, 3, res, res), (B,)
         return x
 
     def reseeded(self, seed: int) -> BatchStream:
         """This stream with another data-order seed, at the same epoch and position (a divergence rollback's retry)."""
         if seed == self.seed:
             return self
-        stream = BatchStream(self.dataset, self.batch_size, seed, self.rank, self.world_size, self.xflip)
+        stream = BatchStream(self.dataset, self.batch_size, seed, self.rank, self.world_size, self.xflip,
+                             self.labels)
         stream.epoch, stream.position = self.epoch, self.position
         return stream
 
