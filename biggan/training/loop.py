@@ -13,6 +13,11 @@ fixed-z sample grids of G_ema and G; FID of G_ema; the checkpoint. Only rank 0 w
 mistaken command never overwrites the description of an existing run.
 
 Progress is counted in G steps and in real images shown to D (``images_seen``; ``kimg`` in the status line).
+
+``conditioning: class`` trains on the data's labels: each D step sees a real batch with its labels and fakes of the
+same labels; the G step, the FID fakes and nothing else draw labels from the data's class frequencies (the label of a
+uniformly drawn training image); sample grids have a row per class (up to 8, spread over the classes). An
+unconditional run draws no labels at all, so its random streams are exactly those of a run without this code.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from biggan.checkpoint import find_latest, save_checkpoint
-from biggan.data import build_dataset
-from biggan.errors import ConfigError
+from biggan.data import build_dataset, labels_for_run
+from biggan.generation.classes import class_count, class_grid, grid_classes
 from biggan.generation.generate import generate
 from biggan.generation.latents import latents_for_seeds
 from biggan.images import save_grid, to_uint8
@@ -38,6 +43,7 @@ from biggan.training.divergence import FiniteMonitor
 from biggan.training.logging import RunLogger, format_status
 from biggan.training.losses import LOSSES
 from biggan.training.preemption import PreemptionHandler
+from biggan.training.pretrained import check_resumed_start, start_from_pretrained
 from biggan.training.run_dir import RunDir
 from biggan.training.state import TrainingState, read_checkpoint
 from biggan.training.steps import StepContext, d_step, g_step
@@ -63,17 +69,18 @@ class _Accumulator:
         return {key: self.sums[key] / self.counts[key] for key in self.sums}
 
 
-def run(cfg: Config, runtime: Runtime, resume: Optional[str] = None, echo: bool = True) -> int:
-    """Train until ``train.total_steps``; resume from ``resume`` or the run's ``latest.pt``. Returns the exit status."""
-    if cfg.model.conditioning == "class":
-        raise ConfigError("conditioning 'class' needs labelled data, which no dataset kind provides; use zhier")
+def run(cfg: Config, runtime: Runtime, resume: Optional[str] = None, echo: bool = True,
+        init_from: Optional[str] = None) -> int:
+    """Train until ``train.total_steps``; resume from ``resume`` or the run's ``latest.pt``, else start fresh or, with
+    ``init_from``, from that pretrained generator checkpoint (:mod:`biggan.training.pretrained`). Returns the exit
+    status."""
     run_dir = RunDir.for_run(cfg.out_dir, cfg.name)
     if runtime.is_main:
         run_dir.create()  # config.yaml comes later: only after the models, data and checkpoint were accepted
     runtime.barrier()
     logger = RunLogger(run_dir, enabled=runtime.is_main, echo=echo)
     try:
-        return _Trainer(cfg, runtime, run_dir, logger).train(resume)
+        return _Trainer(cfg, runtime, run_dir, logger).train(resume, init_from)
     finally:
         logger.close()
 
@@ -86,14 +93,17 @@ class _Trainer:
         self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
         self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate)
-        self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
+        n_classes = class_count(cfg.model)
+        self.fixed_z, self.fixed_y, self.grid_nrow = self._grid_latents(n_classes)
         self.fid: Any = None
         # Rank 0 writes the demo dataset and FID reference statistics (if missing) while the others wait, then they
         # read what it wrote; two processes writing the same files would race.
         if not runtime.is_main:
             runtime.barrier()
-        dataset = build_dataset(cfg.data, cfg.model.resolution)
-        self.state.attach_data(dataset)
+        dataset = build_dataset(cfg.data, cfg.model.resolution, n_classes)
+        labels = None if n_classes is None else labels_for_run(dataset, n_classes, f"data.path {cfg.data.path}")
+        self.label_table = None if labels is None else torch.from_numpy(labels.labels)  # (N,) int64
+        self.state.attach_data(dataset, labels)
         if cfg.fid.every:
             from biggan.fid.evaluate import build_fid_evaluator
 
@@ -101,6 +111,24 @@ class _Trainer:
         if runtime.is_main:
             runtime.barrier()
         self.global_batch = cfg.train.batch_size * runtime.num_devices
+
+    def _grid_latents(self, n_classes: Optional[int]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[int]]:
+        """Fixed z (seeds 0..) of the sample grids, their labels and images per row: a row per class when there are
+        several classes (the same z in every row), else a square grid."""
+        num, dim_z = self.cfg.log.num_samples, self.cfg.model.dim_z
+        if n_classes is None or n_classes == 1:
+            z = latents_for_seeds(list(range(num)), dim_z)  # (n, dim_z)
+            return z, None if n_classes is None else torch.zeros(num, dtype=torch.long), None
+        classes = grid_classes(n_classes)
+        columns = max(1, num // len(classes))
+        z, y = class_grid(latents_for_seeds(list(range(columns)), dim_z), classes)  # (rows·columns, dim_z), (…,)
+        return z, y, columns
+
+    def _fake_labels(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """Labels for n fakes with the data's class frequencies (labels of uniformly drawn training images)."""
+        if self.label_table is None:
+            return None
+        return self.label_table[torch.randint(len(self.label_table), (n,), generator=generator)]  # (n,)
 
     # -- resume -------------------------------------------------------------------------------------------------------
 
@@ -113,11 +141,16 @@ class _Trainer:
         if changed:
             self.log.line(f"optimiser settings from the config, not the checkpoint: {', '.join(changed)}")
 
-    def train(self, resume: Optional[str]) -> int:
+    def train(self, resume: Optional[str], init_from: Optional[str] = None) -> int:
         cfg, st = self.cfg, self.state
         path = Path(resume) if resume else find_latest(self.run_dir.checkpoints)
         if path is not None:
             self._restore(path)
+            if init_from is not None:  # the same fine-tuning command again: resume it (or refuse another start)
+                self.log.line(check_resumed_start(st.init_from, Path(init_from), path))
+        elif init_from is not None:
+            for line in start_from_pretrained(st, Path(init_from)):
+                self.log.line(line)
         else:
             self.log.line(f"new run in {self.run_dir.root}: {cfg.train.total_steps} steps, global batch {self.global_batch}")
         resolved = dump_config(cfg)
@@ -197,21 +230,32 @@ class _Trainer:
         cfg, st, rt = self.cfg, self.state, self.runtime
         batch = rt.local_batch_size(cfg.train.batch_size)
         for _ in range(cfg.train.num_d_steps):
-            x_real = rt.shard_batch(next(st.stream))  # (B, 3, h, w)
+            x_real, y_real = self._real_batch()  # (B, 3, h, w), (B,) or None
             z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
-            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, loss=self.loss_d, ctx=self.step_ctx)
+            # The fakes take the real batch's labels: the D step's fake classes follow the data exactly.
+            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, y=y_real, loss=self.loss_d, ctx=self.step_ctx)
             acc.add(out)
             monitor.update(*out.values())
             rt.mark_step()
         z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z)
+        y = self._fake_labels(batch)  # (B,) or None; drawn after z, so z is the same stream as unconditional
+        y = None if y is None else rt.shard_batch(y)
         regularize = self._ortho_reg if cfg.train.ortho_reg > 0 else None
-        out = g_step(st.G, st.D_, st.opt_G, z=z, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize)
+        out = g_step(st.G, st.D_, st.opt_G, z=z, y=y, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize)
         acc.add(out)
         monitor.update(*out.values())
         st.step += 1
         st.images_seen += self.global_batch * cfg.train.num_d_steps
         st.ema.update(st.G_, st.step)
         rt.mark_step()
+
+    def _real_batch(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The next real batch on the device, with its labels in a class-conditional run."""
+        batch = next(self.state.stream)
+        if self.label_table is None:
+            return self.runtime.shard_batch(batch), None
+        x, y = batch
+        return self.runtime.shard_batch(x), self.runtime.shard_batch(y)
 
     def _ortho_reg(self) -> torch.Tensor:
         """BigGAN's orthogonal regulariser on G's weights, as a loss term."""
@@ -266,8 +310,8 @@ class _Trainer:
             return
         batch = self.cfg.train.batch_size
         for tag, net in (("G_ema", self.state.G_ema), ("G", self.state.G_)):
-            x = generate(net, self.fixed_z, batch, self.runtime.device)  # (n, 3, h, w)
-            grid = save_grid(x, self.run_dir.samples / f"{tag}-{step:08d}.png")
+            x = generate(net, self.fixed_z, batch, self.runtime.device, self.fixed_y)  # (n, 3, h, w)
+            grid = save_grid(x, self.run_dir.samples / f"{tag}-{step:08d}.png", nrow=self.grid_nrow)
             self.log.image(f"samples/{tag}", grid, step)
 
     def _evaluate(self, step: int) -> bool:
@@ -278,7 +322,7 @@ class _Trainer:
 
         def sample_uint8(n: int) -> torch.Tensor:
             z = torch.randn(n, dim_z, generator=gen)  # (n, dim_z)
-            return to_uint8(generate(st.G_ema, z, n, device))
+            return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen)))  # all classes
 
         start = time.perf_counter()
         value = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards)
@@ -286,7 +330,8 @@ class _Trainer:
         if best:
             st.best_fid = value
         record = {self.fid.name: value, "best": st.best_fid, "seconds": time.perf_counter() - start,
-                  "images_seen": st.images_seen, "network": "G_ema", "bn_mode": "eval", **self.fid.identity}
+                  "images_seen": st.images_seen, "network": "G_ema", "bn_mode": "eval", **self.fid.identity,
+                  **({"fake_labels": "data class frequencies"} if self.label_table is not None else {})}
         self.log.metric(step, record)
         self.log.line(f"{self.fid.name} {value:.2f} at step {step} (best {st.best_fid:.2f})")
         return best

@@ -9,7 +9,9 @@ training checkpoint, which is a generator checkpoint (:data:`biggan.generation.c
   stream's position);
 - optional ``divergence`` (the rollback count; absent in older files, read as 0) and, from multi-process runs,
   ``process_rng`` (every rank's ``rng`` + ``attention_rng``, so each rank resumes its own streams when the number of
-  processes is the same; otherwise ranks >= 1 start fresh streams from the step).
+  processes is the same; otherwise ranks >= 1 start fresh streams from the step);
+- optional ``class_names`` (class-conditional runs: the data's classes in index order) and ``init_from`` (fine-tuning
+  runs: path and sha256 of the pretrained file they started from, :mod:`biggan.training.pretrained`).
 
 :data:`REQUIRED_KEYS` is that list, written down here once; the file store (:mod:`biggan.checkpoint`) knows no keys.
 Everything is moved to the CPU and kept to tensors and plain containers, so the file loads with
@@ -26,7 +28,7 @@ from torch import nn
 
 from biggan.checkpoint import FORMAT_VERSION, load_checkpoint
 from biggan.config import to_dict
-from biggan.data import BatchStream, ImageSource
+from biggan.data import BatchStream, ClassLabels, ImageSource
 from biggan.errors import CheckpointError
 from biggan.generation.checkpoint import GENERATOR_KEYS
 from biggan.models import (
@@ -78,14 +80,21 @@ class TrainingState:
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
+        self.class_names: Optional[list[str]] = None  # set by attach_data for a class-conditional run
+        self.init_from: Optional[dict[str, str]] = None  # a fine-tuning run's pretrained file (path, sha256)
         self._decorrelate_processes(runtime.rank, salt=0)
 
-    def attach_data(self, dataset: ImageSource) -> None:
-        """Build this process's batch stream over ``dataset`` (the one place a stream is made; rollbacks re-seed it)."""
+    def attach_data(self, dataset: ImageSource, labels: Optional[ClassLabels] = None) -> None:
+        """Build this process's batch stream over ``dataset`` (the one place a stream is made; rollbacks re-seed it).
+
+        ``labels``: a class-conditional run's; the stream then yields ``(x, y)``.
+        """
         rt = self.runtime
         self.stream = BatchStream(dataset, batch_size=rt.local_batch_size(self.cfg.train.batch_size),
                                   seed=self.guard.data_seed(self.cfg.seed), rank=rt.rank,
-                                  world_size=rt.num_data_shards, xflip=self.cfg.data.xflip)
+                                  world_size=rt.num_data_shards, xflip=self.cfg.data.xflip,
+                                  labels=None if labels is None else labels.labels)
+        self.class_names = None if labels is None else labels.names
 
     def reseed(self, seed: int) -> None:
         """Another data order and another z stream from here on (the divergence guard's retry after a rollback)."""
@@ -179,6 +188,8 @@ class TrainingState:
             **own,  # "rng" and "attention_rng"
             "divergence": self.guard.state_dict(),
             **extra,
+            **({"class_names": self.class_names} if self.class_names is not None else {}),
+            **({"init_from": self.init_from} if self.init_from is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str) -> list[str]:
@@ -202,6 +213,7 @@ class TrainingState:
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
         if "divergence" in state:  # absent in checkpoints written before the count was saved
             self.guard.load_state_dict(state["divergence"])
+        self.init_from = state.get("init_from")
         self.stream = self.stream.reseeded(self.guard.data_seed(self.cfg.seed))
         self.stream.load_state_dict(state["data"])
         rank, saved_ranks = self.runtime.rank, state.get("process_rng", [])
