@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 
 from tests.bad_inputs.harness import PYTHON, REPO, child_env, fingerprint, tiny_overrides
+from tests.biggan_pytorch_files import their_state
 
 GOOD_STEPS = 4
 _PROGRESS_RE = re.compile(r"\d+%\|")
@@ -173,6 +174,53 @@ def _weights_file(ctx: Ctx, content: bytes) -> Path:
     return ctx.file("pt_inception-2015-12-05-6726825d.pth", content)
 
 
+def _their(ctx: Ctx, entry: str, mutate: Callable[[dict], None] | None = None, name: str | None = None) -> Path:
+    """A BigGAN-PyTorch G or D file at small width (tests/biggan_pytorch_files.py), edited by ``mutate``."""
+    state = their_state(entry)
+    if mutate:
+        mutate(state)
+    path = ctx.case_dir / (name or f"{entry}.pth")
+    torch.save(state, path)
+    return path
+
+
+def _import(ctx: Ctx, generator: Path, *extra: str) -> list[str]:
+    return ["-m", "biggan.convert", "biggan-pytorch", str(generator), "--out", str(ctx.case_dir / "imported.pt"),
+            *extra]
+
+
+def _imported(ctx: Ctx) -> Path:
+    """A good imported checkpoint (5 classes), made in the row's setup."""
+    from biggan.checkpoint import write_checkpoint_file
+    from biggan.convert import ImportRequest, import_biggan_pytorch
+
+    result = import_biggan_pytorch(ImportRequest(_their(ctx, "G128"), verify=False))
+    return write_checkpoint_file(result.checkpoint, ctx.case_dir / "imported.pt")
+
+
+def _run_state_dict_pth(ctx: Ctx) -> Path:
+    """Like their state_dict.pth: the run config with a pickled module in it (weights_only refuses it)."""
+    path = ctx.case_dir / "state_dict.pth"
+    torch.save({"itr": 138000, "config": {"G_activation": torch.nn.ReLU(inplace=False)}}, path)
+    return path
+
+
+def _optim_file(ctx: Ctx) -> Path:
+    """Like their G_optim.pth: an optimiser state dict, not weights."""
+    path = ctx.case_dir / "G_optim.pth"
+    torch.save({"state": {0: {"step": 3}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}, path)
+    return path
+
+
+def _class_folders(ctx: Ctx, loose: bool = False) -> Path:
+    root = ctx.case_dir / "classes"
+    for cls in ("a", "b", "c"):
+        ctx.images(f"classes/{cls}", 4, (32, 32))
+    if loose:
+        ctx.images("classes", 1, (32, 32))
+    return root
+
+
 CASES: list[Case] = [
     # --- configuration (train.py over an existing run: nothing of it may change) ----------------------------------
     Case("config: unknown key (override)", lambda c: c.train("model.G.chh=8"), ("model.G.chh",)),
@@ -284,6 +332,86 @@ CASES: list[Case] = [
     Case("FID weights: missing (train.py with FID on)",
          lambda c: c.train("fid.every=2", "fid.num_samples=8", "fid.dims=64",
                            f"fid.weights_path={c.case_dir / 'none.pth'}"), ("not found", "install-weights")),
+    # --- importing BigGAN-PyTorch checkpoints (python -m biggan.convert): nothing written, the inputs untouched -----
+    Case("import: another resolution than asked",
+         lambda c: _import(c, _their(c, "G256"), "--resolution", "128"), ("256x256", "--resolution 256")),
+    Case("import: another attention placement than asked",
+         lambda c: _import(c, _their(c, "G128"), "--attention-res", "32"), ("attention at 64", "--attention-res")),
+    Case("import: a D file given as G", lambda c: _import(c, _their(c, "D128")), ("discriminator", "--D")),
+    Case("import: a G file given as --D",
+         lambda c: _import(c, _their(c, "G128"), "--D", str(_their(c, "G128", name="G2.pth"))),
+         ("holds a BigGAN-PyTorch generator", "--D")),
+    Case("import: D of another resolution",
+         lambda c: _import(c, _their(c, "G128"), "--D", str(_their(c, "D256"))), ("same run",)),
+    Case("import: truncated file",
+         lambda c: _import(c, c.file("G_ema.pth", _their(c, "G128").read_bytes()[:3000])), ("truncated or corrupt",)),
+    Case("import: state_dict.pth (pickled modules, not weights)",
+         lambda c: _import(c, _run_state_dict_pth(c)), ("refused", "state_dict.pth")),
+    Case("import: pickle that would execute code", lambda c: _import(c, _evil(c, None)), ("refused",)),
+    Case("import: an optimiser state (G_optim.pth)",
+         lambda c: _import(c, _optim_file(c)), ("not a flat state dict",)),
+    Case("import: --mybn variant",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.update({"blocks.0.0.bn1.bn.stored_mean": torch.zeros(8)}))),
+         ("--mybn",)),
+    Case("import: cross-replica BN variant",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.update({"blocks.0.0.bn1.bn.running_mean": torch.zeros(8)}))),
+         ("--cross_replica",)),
+    Case("import: extra singular vectors (num_SVs > 1)",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.update({"linear.u1": torch.zeros(1, 2048)}))),
+         ("num_G_SVs",)),
+    Case("import: an unknown key is not dropped",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.update({"blocks.1.0.extra.weight": torch.zeros(3)}))),
+         ("blocks.1.0.extra.weight", "not dropped")),
+    Case("import: a missing key (incomplete state dict)",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.pop("blocks.2.0.conv2.u0"))),
+         ("lacks the key 'blocks.2.0.conv2.u0'",)),
+    Case("import: a tensor of the wrong shape",
+         lambda c: _import(c, _their(c, "G128", lambda s: s.update({"blocks.1.0.conv2.weight": torch.zeros(64, 64, 1,
+                                                                                                             1)}))),
+         ("blocks.1.0.conv2.weight", "(64, 64, 1, 1)")),
+    Case("import: NaN weights",
+         lambda c: _import(c, _their(c, "G128", lambda s: s["linear.bias"].fill_(float("nan")))), ("NaN",)),
+    Case("import: missing file", lambda c: _import(c, c.case_dir / "G_ema.pth"), ("does not exist",)),
+    Case("import: --out exists",
+         lambda c: [*_import(c, _their(c, "G128"))[:-2], "--out", str(c.file("imported.pt", "keep me"))],
+         ("exists", "nothing overwritten")),
+    Case("import: --class-names of another length",
+         lambda c: _import(c, _their(c, "G128"), "--class-names", str(c.file("names.txt", "a\nb\n"))),
+         ("--class-names lists 2 names", "5 classes")),
+    Case("import: --one-class out of range",
+         lambda c: _import(c, _their(c, "G128"), "--one-class", "9"), ("--one-class", "0-4")),
+    # --- class-conditional sampling and training, fine-tuning ------------------------------------------------------
+    Case("sample: --class on an unconditional checkpoint",
+         lambda c: ["sample.py", str(c.good_run / "checkpoints" / "latest.pt"), "--class", "1", "--grid",
+                    str(c.case_dir / "g.png")], ("unconditional", "--class")),
+    Case("sample: class-conditional without --class",
+         lambda c: ["sample.py", str(_imported(c)), "--grid", str(c.case_dir / "g.png")], ("--class C", "5 classes")),
+    Case("sample: a class that does not exist",
+         lambda c: ["sample.py", str(_imported(c)), "--class", "5", "--grid", str(c.case_dir / "g.png")],
+         ("class 5", "0-4")),
+    Case("sample: truncation trick threshold not > 0",
+         lambda c: ["sample.py", str(c.good_run / "checkpoints" / "latest.pt"), "--truncation-trick", "0", "--grid",
+                    str(c.case_dir / "g.png")], ("--truncation-trick",)),
+    Case("train: conditioning class on unlabelled data",
+         lambda c: c.train("name=cls", "model.conditioning=class", "model.n_classes=3", "model.shared_dim=8"),
+         ("no class labels", "--labels")),
+    Case("train: n_classes differs from the data's classes",
+         lambda c: _fresh_run(c, "folder", _class_folders(c), "model.conditioning=class", "model.n_classes=5",
+                              "model.shared_dim=8"), ("3 classes", "model.n_classes=3")),
+    Case("train: class folders with loose images",
+         lambda c: _fresh_run(c, "folder", _class_folders(c, loose=True), "model.conditioning=class",
+                              "model.n_classes=3", "model.shared_dim=8"), ("holds images directly",)),
+    Case("prepare: --labels on a folder without class folders",
+         lambda c: ["-m", "data.prepare_celebahq", str(c.images("src", 4)), str(c.case_dir / "out"),
+                    "--resolution", "32", "--expect-count", "0", "--labels", "--fid-dims"], ("no class sub-folders",)),
+    Case("fine-tune: --init-from of another architecture",
+         lambda c: c.train("name=ft", "model.G.ch=8", extra=("--init-from", str(c.good_run / "checkpoints" /
+                                                                             "latest.pt"))), ("does not fit", "model.G.ch 4 vs 8")),
+    Case("fine-tune: --init-from a missing file",
+         lambda c: c.train("name=ft", extra=("--init-from", str(c.case_dir / "none.pt"))), ("none.pt", "does not exist")),
+    Case("fine-tune: --init-from into a run trained from scratch",
+         lambda c: c.train(extra=("--init-from", str(c.good_run / "checkpoints" / "latest.pt"))),
+         ("did not start from --init-from", "name=")),
     # --- run directory and disk -------------------------------------------------------------------------------------
     Case("run dir: not writable", _unwritable_run_dir, ("cannot create run directory", "out_dir")),
     Case("disk full while writing a checkpoint (simulated)", _disk_full, ("disk full", "out_dir"),

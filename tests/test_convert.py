@@ -308,3 +308,17 @@ def test_cli_writes_a_checkpoint_that_samples_like_the_reference(tmp_path, monke
     before = out.read_bytes()
     assert _convert_main(monkeypatch, "biggan-pytorch", str(g), "--out", str(out)) == 2
     assert "exists" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_the_shipped_fine_tuning_config_fits_the_released_model():
+    """configs/finetune128_imagenet_faces.yaml builds exactly the architecture of the released 128 model reduced to
+    one class (the JSON layout at ch 96), so --init-from loads G and D; only attention kinds differ."""
+    import dataclasses
+
+    from biggan.models import architecture_differences
+    from biggan.training.config import load_config
+
+    released = dataclasses.replace(_config(128), n_classes=1)  # what --one-class writes
+    run = load_config(ROOT / "configs" / "finetune128_imagenet_faces.yaml").model
+    assert architecture_differences(released, run) == []
+    assert [a.kind for a in run.G.attention] == ["smyrf"] and released.G.attention[0].kind == "dense"

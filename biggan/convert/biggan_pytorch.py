@@ -102,15 +102,15 @@ def read_source(path: Path, network: str) -> tuple[dict[str, torch.Tensor], Sour
 
 def _cross_check(arch: SourceArchitecture, request: ImportRequest, path: Path) -> None:
     """Flags the user gave must agree with what the tensors say (the file wins only when nothing was asked)."""
+    show = lambda value: " ".join(map(str, value)) if isinstance(value, tuple) else str(value)  # noqa: E731
     asked = {"--resolution": (request.resolution, arch.resolution), "--ch": (request.ch, arch.ch),
              "--dim-z": (request.dim_z, arch.dim_z), "--n-classes": (request.n_classes, arch.n_classes),
              "--attention-res": (request.attention_res and tuple(sorted(request.attention_res)),
                                  tuple(sorted(arch.attention)))}
     for flag, (given, found) in asked.items():
         if given is not None and given != found:
-            raise CheckpointError(f"{path} holds a {arch.describe()}, not {flag} {given}; pass {flag} "
-                                  f"{found if not isinstance(found, tuple) else ' '.join(map(str, found))} "
-                                  "(or leave it out), or the file you meant")
+            raise CheckpointError(f"{path} holds a {arch.describe()}, not {flag} {show(given)}; pass {flag} "
+                                  f"{show(found)} (or leave it out), or the file you meant")
 
 
 def model_config_for(g: SourceArchitecture, d: Optional[SourceArchitecture], sn_eps: float) -> ModelConfig:

@@ -41,16 +41,16 @@ IMPORTABLE_RESOLUTIONS = (128, 256)  # the layouts the reference listing documen
 
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.0\.conv1\.weight")
 _ATTENTION_RE = re.compile(r"blocks\.(\d+)\.1\.gamma")
-_VARIANTS = (  # (pattern of a key, what wrote it) — checked before anything else, so the message names the cause
-    (re.compile(r"^module\."), "a DataParallel wrapper (keys start with 'module.'); save G.module.state_dict()"),
-    (re.compile(r"\.bn\.(stored_mean|stored_var|accumulation_counter)$"),
-     "--mybn (standing statistics); only the default batch norm is supported"),
-    (re.compile(r"\.bn\.(running_mean|running_var|num_batches_tracked)$"),
-     "--cross_replica batch norm; only the default batch norm is supported"),
-    (re.compile(r"\.(u|sv)[1-9]\d*$"), "num_G_SVs/num_D_SVs > 1 (extra singular vectors); only num_SVs = 1 is "
-     "supported (the released setting)"),
+_VARIANTS = (  # (a key pattern, what wrote such keys, what to do) — checked first, so the message names the cause
+    (re.compile(r"^module\."), "a DataParallel wrapper (keys start with 'module.')",
+     "save G.module.state_dict() instead"),
+    (re.compile(r"\.bn\.(stored_mean|stored_var|accumulation_counter)$"), "--mybn (standing statistics)",
+     "only the default batch norm is supported"),
+    (re.compile(r"\.bn\.(running_mean|running_var|num_batches_tracked)$"), "--cross_replica batch norm",
+     "only the default batch norm is supported"),
+    (re.compile(r"\.(u|sv)[1-9]\d*$"), "num_G_SVs/num_D_SVs > 1 (extra singular vectors)",
+     "only num_SVs = 1 (the released setting) is supported"),
 )
-
 
 @dataclass(frozen=True)
 class SourceArchitecture:
@@ -85,10 +85,10 @@ def state_shapes(obj: Any, path: Path) -> Shapes:
         if not value.is_floating_point():
             raise CheckpointError(f"{path}: '{key}' is {value.dtype}, but every tensor of a BigGAN-PyTorch G or D is "
                                   "floating point; pass G_ema.pth, G.pth or D.pth")
-    for pattern, variant in _VARIANTS:
+    for pattern, variant, fix in _VARIANTS:
         hit = next((key for key in obj if pattern.search(key)), None)
         if hit is not None:
-            raise CheckpointError(f"{path} was written by {variant} (key '{hit}'); it cannot be imported")
+            raise CheckpointError(f"{path} was written by {variant} (key '{hit}'); {fix}")
     return {key: tuple(value.shape) for key, value in obj.items()}
 
 

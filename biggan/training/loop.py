@@ -132,9 +132,16 @@ class _Trainer:
 
     # -- resume -------------------------------------------------------------------------------------------------------
 
-    def _restore(self, path: Path) -> None:
-        changed = self.state.load_state_dict(read_checkpoint(path), str(path))
+    def _restore(self, path: Path, init_from: Optional[str] = None) -> None:
+        """Resume from ``path``; with ``init_from`` only if the run started from that file (checked before anything,
+        the log included, is touched)."""
+        saved = read_checkpoint(path)
+        resuming_start = None if init_from is None else check_resumed_start(saved.get("init_from"), Path(init_from),
+                                                                             path)
+        changed = self.state.load_state_dict(saved, str(path))
         self._log_restored(path, changed)
+        if resuming_start:
+            self.log.line(resuming_start)
 
     def _log_restored(self, path: Path, changed: list[str]) -> None:
         self.log.line(f"resumed from {path} at step {self.state.step} ({self.state.images_seen / 1000:.1f} kimg)")
@@ -145,9 +152,7 @@ class _Trainer:
         cfg, st = self.cfg, self.state
         path = Path(resume) if resume else find_latest(self.run_dir.checkpoints)
         if path is not None:
-            self._restore(path)
-            if init_from is not None:  # the same fine-tuning command again: resume it (or refuse another start)
-                self.log.line(check_resumed_start(st.init_from, Path(init_from), path))
+            self._restore(path, init_from)  # with init_from: the same fine-tuning command again resumes that run
         elif init_from is not None:
             for line in start_from_pretrained(st, Path(init_from)):
                 self.log.line(line)
