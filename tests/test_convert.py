@@ -250,6 +250,23 @@ def test_fp16_file_is_cast_to_float32(tmp_path):
     assert any("checked" in line for line in result.lines)
 
 
+def test_legacy_file_saved_from_cuda_imports_on_a_cpu(tmp_path, monkeypatch):
+    """The released files were written by PyTorch 1.0 from CUDA tensors: the legacy (non-zip) format with storages
+    tagged cuda:0. Forged here by tagging the storages while saving; the import reads it on a CPU-only machine."""
+    import torch.serialization
+
+    state = their_state("G128")
+    path = tmp_path / "G_ema.pth"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, path, _use_new_zipfile_serialization=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # what a loader without map_location meets
+    theirs, arch = read_source(path, "G")
+    assert arch.resolution == 128 and all(torch.equal(theirs[k], v) for k, v in state.items())
+
+
 def test_one_class_start(tmp_path):
     g = write_their_file(tmp_path / "G_ema.pth", "G128")
     d = write_their_file(tmp_path / "D.pth", "D128")
