@@ -227,8 +227,6 @@ def test_labelled_folder_mistakes_are_one_clear_error(tmp_path, mistake, message
 
 
 def test_stream_labels_follow_the_images_and_resume(tmp_path):
-    from biggan.data import ClassLabels  # noqa: F401  (exported)
-
     labels = np.arange(40, dtype=np.int64) % 7  # image i has class i % 7
     stream = BatchStream(Indexed(40), 8, seed=3, labels=labels, rank=1, world_size=2)
     for _ in range(4):  # crosses an epoch (2 batches per rank per epoch)
