@@ -5,6 +5,11 @@
     python sample.py runs/demo --seeds 0,7,3 --interpolate --steps 8 --grid lerp.png   # z paths 0->7->3
     python sample.py runs/demo --seeds 0-15 --attention dense --grid dense.png        # SMYRF-trained G, dense attention
     python sample.py runs/demo --seeds 0-15 --attention smyrf --n-hashes 4 --q-cluster-size 128 --k-cluster-size 32
+    python sample.py runs/demo --seeds 0-7 --compare-attention --grid cmp.png   # rows: SMYRF | dense | 4x|diff|
+
+``--compare-attention`` runs the same seeds through G with its SMYRF settings (or the --n-hashes/... overrides) and
+with dense attention, writes them side by side (with 4x the absolute difference) in one grid, prints each image's
+difference (relative L2, max |diff|, PSNR) and writes it to the grid's path with .json.
 
 Image i depends only on seed i (one torch.Generator per seed), at any --batch-size. ``--truncation t`` multiplies z
 ~ N(0, I) by t (BigGAN-PyTorch's "z_var" truncation: a narrower normal, not a truncated normal; BN statistics are
@@ -31,6 +36,8 @@ def main() -> int:
     parser.add_argument("--n-hashes", type=int, help="SMYRF hash rounds override")
     parser.add_argument("--q-cluster-size", type=int, help="SMYRF query cluster size override")
     parser.add_argument("--k-cluster-size", type=int, help="SMYRF key cluster size override")
+    parser.add_argument("--compare-attention", action="store_true",
+                        help="grid of SMYRF | dense | 4x|diff| per seed, and each image's difference (JSON)")
     parser.add_argument("--use-g", action="store_true", help="use G instead of G_ema")
     parser.add_argument("--batch-size", type=int, default=16, help="images generated at once (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
@@ -48,9 +55,15 @@ def main() -> int:
         raise UserError("nothing to write: give --grid PNG and/or --outdir DIR")
     if args.batch_size < 1 or args.truncation <= 0:
         raise UserError("--batch-size must be >= 1 and --truncation > 0")
+    if args.compare_attention and (args.attention or args.interpolate or args.outdir or not args.grid):
+        raise UserError("--compare-attention needs --grid PNG and takes neither --attention, --interpolate nor --outdir")
     G, cfg, info = load_generator(args.checkpoint, use_ema=not args.use_g, device=args.device)
-    set_attention(G, attention_overrides(cfg, args.attention, args.n_hashes, args.q_cluster_size, args.k_cluster_size))
+    kind = "smyrf" if args.compare_attention else args.attention
+    specs = attention_overrides(cfg, kind, args.n_hashes, args.q_cluster_size, args.k_cluster_size)
+    set_attention(G, specs)
     seeds = parse_seeds(args.seeds)
+    if args.compare_attention:
+        return _compare(G, cfg, specs, seeds, args, info)
     z = latents_for_seeds(seeds, cfg.dim_z, args.truncation)  # (K, dim_z)
     names = [f"seed{s:04d}" for s in seeds]
     if args.interpolate:
@@ -63,6 +76,31 @@ def main() -> int:
         save_image_files(x, args.outdir, names)
     print(f"{x.shape[0]} images from {info['network']} at step {info['step']} of {info['path']}"
           + (f" -> {args.grid}" if args.grid else "") + (f" -> {args.outdir}/" if args.outdir else ""))
+    return 0
+
+
+def _compare(G, cfg, specs, seeds, args, info) -> int:
+    import json
+    from pathlib import Path
+
+    from biggan.generation.compare import compare_attention, comparison_rows
+    from biggan.generation.latents import latents_for_seeds
+    from biggan.images import save_grid
+
+    z = latents_for_seeds(seeds, cfg.dim_z, args.truncation)  # (K, dim_z)
+    images, rows = comparison_rows(*compare_attention(G, cfg, specs, z, args.batch_size, args.device))
+    save_grid(images, args.grid, nrow=3)
+    for seed, row in zip(seeds, rows):
+        print(f"seed {seed}: SMYRF vs dense rel. L2 {row['rel_l2']:.4f}, max |diff| {row['max_abs']:.4f}, "
+              f"PSNR {row['psnr_db']:.1f} dB")
+    mean = sum(r["rel_l2"] for r in rows) / len(rows)
+    report = Path(args.grid).with_suffix(".json")
+    report.write_text(json.dumps({"checkpoint": info["path"], "step": info["step"], "network": info["network"],
+                                  "smyrf": [vars(s) for s in specs], "seeds": seeds,
+                                  "images": [{"seed": s, **r} for s, r in zip(seeds, rows)],
+                                  "mean_rel_l2": mean}, indent=2))
+    print(f"{len(seeds)} seeds from {info['network']} at step {info['step']}: mean rel. L2 {mean:.4f} "
+          f"-> {args.grid} (rows: SMYRF | dense | 4x|diff|), {report}")
     return 0
 
 
