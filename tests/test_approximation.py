@@ -45,3 +45,22 @@ def test_wordpiece_splits_like_bert():
     vocab = {w: i for i, w in enumerate(["[UNK]", "un", "##aff", "##able", "hello", ",", "!"])}
     assert _basic_words("Héllo, UNAFFABLE!") == ["hello", ",", "unaffable", "!"]
     assert _wordpiece("unaffable", vocab) == ["un", "##aff", "##able"] and _wordpiece("xyz", vocab) == ["[UNK]"]
+
+
+@pytest.mark.slow
+def test_cli_runs_the_synthetic_case_and_writes_json(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "a.json"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/approximation.py", "--cases", "synthetic", "--schemes", "paper",
+                           "summary-taylor", "--seeds", "2", "--threads", "1", "--out", str(out)], cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]["synthetic G128@64"]
+    assert set(rows) == {"paper", "summary-taylor"} and rows["paper"]["memory"] == 0.5
+    assert 0 < rows["paper"]["rel_error"] < 1 and rows["paper"]["rel_error_std"] >= 0
+    missing = subprocess.run([sys.executable, "benchmarks/approximation.py", "--cases", "biggan-G", "--checkpoint",
+                              str(tmp_path / "none")], cwd=root, capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "make demo" in missing.stderr
