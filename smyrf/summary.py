@@ -66,10 +66,12 @@ def _summaries(q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, 
     logits = torch.bmm(q, k_mean.transpose(-1, -2)) * scale  # (B, Nq, nc); + log(ck H) is added to L below
     # Softmax without the query's own cluster (attended exactly), by zeroing its exp rather than a -inf logit:
     # vectorised exp of -inf took ~10x longer per element on CPU.
-    top = logits.detach().amax(-1, keepdim=True)  # (B, Nq, 1)
+    # The shift is the largest *other* logit, so the sum below is >= 1 even when the own cluster's logit is far
+    # above the rest (DINOv2: by 100 and more); the own entry is replaced before exp (no overflow) and then zeroed.
     own = _query_clusters(perm_q, nc).unsqueeze(-1)  # (B, Nq, 1)
-    weights = torch.exp(logits - top).scatter(-1, own, 0.0)  # (B, Nq, nc)
-    total = weights.sum(-1, keepdim=True)  # (B, Nq, 1), >= exp(second largest - largest) > 0
+    top = logits.detach().scatter(-1, own, -math.inf).amax(-1, keepdim=True)  # (B, Nq, 1)
+    weights = torch.exp((logits - top).scatter(-1, own, 0.0)).scatter(-1, own, 0.0)  # (B, Nq, nc)
+    total = weights.sum(-1, keepdim=True)  # (B, Nq, 1), >= 1
     probs = weights / total  # (B, Nq, nc)
     lse = (top + torch.log(total)).squeeze(-1) + math.log(ck * n_hashes)  # (B, Nq)
     out = torch.bmm(probs, v_mean)  # (B, Nq, dv)

@@ -137,3 +137,15 @@ def test_bad_arguments_raise():
     perm = torch.arange(16).expand(1, 2, 16)
     with pytest.raises(ValueError, match="need nc >= 2"):
         cluster_summaries(q, k, v, perm, torch.arange(8).expand(1, 2, 8), 1, 1.0)
+
+
+def test_own_cluster_far_above_the_others_stays_finite():
+    """A query whose own cluster's mean key scores 200 above every other cluster (attention sinks): no NaN."""
+    q, k, v = _qkv(b=1, nq=8, nk=4, d=2, dv=3, dtype=torch.float32)
+    with torch.no_grad():
+        k[0, 0] = torch.tensor([200.0, 0.0])
+        q[0] = torch.tensor([1.0, 0.0])
+    perm_q, perm_k = torch.arange(8).view(1, 1, 8), torch.arange(4).view(1, 1, 4)  # key 0 in query cluster 0
+    out, lse = cluster_summaries(q, k, v, perm_q, perm_k, 2, 1.0, "taylor")
+    (out.sum() + lse.sum()).backward()
+    assert all(torch.isfinite(t).all() for t in (out, lse, q.grad, k.grad, v.grad))
