@@ -6,8 +6,9 @@ What it measures (smyrf.md sections 4, 5, 9; defect D8):
 - forward+backward median wall time (and process CPU time, which a busy shared machine distorts less) and peak
   memory of dense naive (bmm + softmax, as BigGAN does), dense SDPA
   (``scaled_dot_product_attention``) and SMYRF (fused path; ``smyrf-math`` = the matmul+softmax block kernel, which is
-  how the CPU kernel choice was made). On CPU every (shape, implementation) runs in its own subprocess and the peak
-  is the rise of peak RSS above the RSS after inputs are built; on CUDA it is the rise of max_memory_allocated, and
+  how the CPU kernel choice was made; ``smyrf-mean``/``smyrf-taylor`` = with cluster summaries, ``smyrf.summary``).
+  On CPU every (shape, implementation) runs in its own subprocess and the peak is the rise of peak RSS above the RSS
+  after inputs are built; on CUDA it is the rise of max_memory_allocated, and
   timed regions are synchronised after warm-up.
 - relative Frobenius error ||smyrf - dense|| / ||dense|| and the mean dense softmax mass on the keys each query met,
   on inputs with cluster structure: q and k tokens drawn around 32 shared centres (isotropic Gaussians say nothing
@@ -41,7 +42,7 @@ SHAPES = {
     "G128@64": (4096, 1024, 24, 96, 8, 256, 64),
     "G256@256": (65536, 16384, 12, 48, 4, 8192, 2048),
 }
-IMPLS = ("dense-naive", "dense-sdpa", "smyrf", "smyrf-kdtree", "smyrf-math")
+IMPLS = ("dense-naive", "dense-sdpa", "smyrf", "smyrf-kdtree", "smyrf-math", "smyrf-mean", "smyrf-taylor")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -65,8 +66,10 @@ def run_impl(impl, q, k, v, shape):
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=1.0)
     kernel = "math" if impl == "smyrf-math" else "auto"
     hashing = "kdtree" if impl == "smyrf-kdtree" else "projection"
+    summary = impl.split("-")[1] if impl in ("smyrf-mean", "smyrf-taylor") else "none"  # smyrf.summary
     return smyrf_attention(q, k, v, n_hashes=n_hashes, q_cluster_size=cq, k_cluster_size=ck, scale=1.0,
-                           generator=torch.Generator().manual_seed(0), kernel=kernel, hashing=hashing)
+                           generator=torch.Generator().manual_seed(0), kernel=kernel, hashing=hashing,
+                           summary=summary)
 
 
 def _rss_bytes() -> int:
@@ -184,7 +187,7 @@ def timing_table(args) -> dict:
             need = dense_bytes(shape, dtype)
             if impl.startswith("dense") and need > args.dense_limit_gb * 2**30:
                 row[impl] = {"skipped": f"dense cannot run here (needs ~{need / 2**30:.1f} GB > --dense-limit-gb)"}
-            elif args.quick and (impl in ("smyrf-math", "smyrf-kdtree") and name != "G128@128"
+            elif args.quick and (impl.startswith("smyrf-") and name != "G128@128"
                                  or impl.startswith("dense") and name == "G256@256"):
                 row[impl] = {"skipped": "skipped in --quick"}
             else:

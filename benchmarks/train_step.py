@@ -59,8 +59,9 @@ def attention_case(case: str, args: argparse.Namespace) -> AttentionConfig:
                            k_cluster_size=args.k_cluster_size)
 
 
-def build_step(case: str, args: argparse.Namespace, rt: Runtime) -> Callable[[], None]:
-    """G, D and their optimisers for ``case``; returns one synchronised training step (1 D update + 1 G update)."""
+def build_step(case: str, args: argparse.Namespace, rt: Runtime, keep: dict | None = None) -> Callable[[], None]:
+    """G, D and their optimisers for ``case``; returns one synchronised training step (1 D update + 1 G update).
+    ``keep`` receives the unwrapped G, D and dim_z (for benchmarks that also probe the networks)."""
     overrides = [f"model.conditioning={args.conditioning}", "model.init=normal", *args.set]
     if args.ch:
         overrides += [f"model.G.ch={args.ch}", f"model.D.ch={args.ch}"]
@@ -71,6 +72,8 @@ def build_step(case: str, args: argparse.Namespace, rt: Runtime) -> Callable[[],
     with torch.no_grad():
         for gamma in attention_gammas(rt.unwrap(G)).values():
             gamma.fill_(1.0)
+    if keep is not None:
+        keep.update(G=rt.unwrap(G), D=rt.unwrap(D), dim_z=cfg.dim_z)
     opt_G = LeanAdam(G.parameters(), lr=5e-5, betas=(0.0, 0.999), eps=1e-6)  # the trainer's optimiser
     opt_D = LeanAdam(D.parameters(), lr=2e-4, betas=(0.0, 0.999), eps=1e-6)
     gen = torch.Generator().manual_seed(0)

@@ -4,11 +4,12 @@ Standalone: imports only torch and knows nothing of BigGAN, configs or devices.
 
 Public API:
 - ``smyrf_attention(q, k, v, *, n_hashes, q_cluster_size, k_cluster_size, scale=None, generator=None,
-  return_clusters=False, projections=None, hashing="projection", impl="fused", kernel="auto")``
+  return_clusters=False, projections=None, hashing="projection", impl="fused", kernel="auto", summary="none")``
 - ``SmyrfAttention(n_hashes, q_cluster_size, k_cluster_size, *, seed=None, ...)``, an nn.Module without parameters
 - ``dense_attention(q, k, v, scale=None)``, the exact oracle
 - the pure steps: ``asymmetric_transform``, ``draw_projections``, ``hash_rounds``, ``balanced_clusters``,
   ``attend_in_clusters``, ``unsort``, ``combine_rounds`` (and ``kdtree_levels`` for the "kdtree" hashing)
+- ``cluster_summaries`` and ``merge_softmax`` (``summary="mean"|"taylor"``: one summary per missed cluster)
 - ``check_cluster_sizes(Nq, Nk, cq, ck)``: the one validation of cluster sizes, for layers built on SMYRF
 
 Shape legend: B rows (leading dims flattened); Nq, Nk queries/keys; d, dv query/key and value dims; H hash rounds;
@@ -26,6 +27,7 @@ from smyrf.hashing import (
     hash_rounds,
     kdtree_levels,
 )
+from smyrf.summary import cluster_summaries, merge_softmax
 
 __all__ = [
     "smyrf_attention",
@@ -39,5 +41,7 @@ __all__ = [
     "unsort",
     "combine_rounds",
     "kdtree_levels",
+    "cluster_summaries",
+    "merge_softmax",
     "check_cluster_sizes",
 ]

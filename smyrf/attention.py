@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from smyrf.functional import Hashing, smyrf_attention
 from smyrf.fused import Kernel
 from smyrf.hashing import check_cluster_sizes
+from smyrf.summary import Summary
 
 __all__ = ["SmyrfAttention"]
 
@@ -32,7 +33,7 @@ class SmyrfAttention(nn.Module):
         n_hashes: H, hash rounds.
         q_cluster_size, k_cluster_size: cq and ck (Nq/cq must equal Nk/ck at call time).
         seed: fixed projection seed, or None.
-        hashing, impl, kernel: as in :func:`smyrf.smyrf_attention`.
+        hashing, impl, kernel, summary: as in :func:`smyrf.smyrf_attention`.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class SmyrfAttention(nn.Module):
         hashing: Hashing = "projection",
         impl: Literal["fused", "reference"] = "fused",
         kernel: Kernel = "auto",
+        summary: Summary = "none",
     ) -> None:
         super().__init__()
         if n_hashes < 1:
@@ -57,6 +59,7 @@ class SmyrfAttention(nn.Module):
         self.hashing = hashing
         self.impl = impl
         self.kernel = kernel
+        self.summary = summary
 
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None, generator: torch.Generator | None = None
@@ -76,10 +79,12 @@ class SmyrfAttention(nn.Module):
             hashing=self.hashing,
             impl=self.impl,
             kernel=self.kernel,
+            summary=self.summary,
         )
 
     def extra_repr(self) -> str:
         return (
             f"n_hashes={self.n_hashes}, q_cluster_size={self.q_cluster_size}, "
-            f"k_cluster_size={self.k_cluster_size}, seed={self.seed}, hashing={self.hashing!r}, impl={self.impl!r}"
+            f"k_cluster_size={self.k_cluster_size}, seed={self.seed}, hashing={self.hashing!r}, impl={self.impl!r}, "
+            f"summary={self.summary!r}"
         )

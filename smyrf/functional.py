@@ -6,7 +6,9 @@ attention inside each cluster) -> ``unsort`` (scatter back to original order) ->
 per-round logsumexp). The result is softmax attention over the multiset union of the keys each query met.
 
 ``smyrf_attention`` runs them end to end. Its default ``impl="fused"`` is the memory-lean custom autograd path of
-``smyrf.fused``; ``impl="reference"`` chains the steps below with plain autograd, vectorised over rounds.
+``smyrf.fused``; ``impl="reference"`` chains the steps below with plain autograd, vectorised over rounds. With
+``summary="mean"|"taylor"`` every query also attends one summary of each cluster it missed (``smyrf.summary``), merged
+into the same softmax.
 
 Implemented from the paper's mathematics; no code of the GPL reference implementation is used.
 
@@ -31,6 +33,7 @@ from smyrf.hashing import (
     hash_rounds,
     kdtree_levels,
 )
+from smyrf.summary import SUMMARIES, Summary, cluster_summaries, merge_softmax
 
 __all__ = ["attend_in_clusters", "unsort", "combine_rounds", "smyrf_attention"]
 
@@ -127,6 +130,27 @@ def _check_projections(projections: Tensor, d: int, n_hashes: int, levels: int |
         raise ValueError(f"projections must have shape {what} = {expected}, got {tuple(projections.shape)}")
 
 
+def _attend(
+    q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, n_clusters: int, scale: float, impl: str,
+    kernel: Kernel, summary: Summary,
+) -> Tensor:
+    """Attention inside the clusters of all rounds (fused or reference), plus the summaries of the missed clusters.
+    Rows: q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv), perms (H, B, N) -> (B, Nq, dv)."""
+    extra = None
+    if summary != "none" and n_clusters > 1:  # nc = 1: nothing was missed, the result is exact already
+        extra = cluster_summaries(q, k, v, perm_q, perm_k, n_clusters, scale, summary)  # (B, Nq, dv), (B, Nq)
+    if impl == "fused":
+        kernel_name = resolve_kernel(kernel, q.device, q.dtype, k.shape[1] // n_clusters)
+        return smyrf_fused(q, k, v, perm_q, perm_k, n_clusters, scale, kernel_name, extra=extra)  # (B, Nq, dv)
+    s_out, s_lse = attend_in_clusters(q, k, v, perm_q, perm_k, n_clusters=n_clusters, scale=scale)
+    out_rounds, lse_rounds = unsort(s_out, s_lse, perm_q)  # (H, B, Nq, dv), (H, B, Nq)
+    out = combine_rounds(out_rounds, lse_rounds)  # (B, Nq, dv)
+    if extra is None:
+        return out
+    lse = torch.logsumexp(lse_rounds, dim=0)  # (B, Nq)
+    return merge_softmax(out.to(extra[0].dtype), lse.to(extra[1].dtype), *extra).to(q.dtype)  # (B, Nq, dv)
+
+
 def smyrf_attention(
     q: Tensor,
     k: Tensor,
@@ -142,6 +166,7 @@ def smyrf_attention(
     hashing: Hashing = "projection",
     impl: Literal["fused", "reference"] = "fused",
     kernel: Kernel = "auto",
+    summary: Summary = "none",
 ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
     """Approximate softmax(scale * q k^T) v by attention inside balanced LSH clusters, merged over H rounds.
 
@@ -165,6 +190,10 @@ def smyrf_attention(
             "reference" chains the pure steps with plain autograd (all rounds at once, more memory).
         kernel: attention inside clusters for ``impl="fused"``: "auto" (PyTorch's fused CPU flash kernel on CPU
             when ck >= 256, matmul + softmax otherwise and on other devices), "flash" or "math".
+        summary: "none" (the paper's: a query attends only its clusters), "mean" or "taylor": it also attends one
+            summary (log-count-biased mean key; mean value, or mean value plus a damped first-order correction) of
+            every cluster of round 0 it missed (``smyrf.summary``). Costs nc - 1 logits per query; exact when
+            nc = 1. See benchmarks/approximation.py for the error on real attention.
 
     Returns:
         (..., Nq, dv) in q's dtype, or (out, (perm_q, perm_k)) when ``return_clusters``.
@@ -180,6 +209,8 @@ def smyrf_attention(
         raise ValueError(f"hashing must be 'projection' or 'kdtree', got {hashing!r}")
     if impl not in ("fused", "reference"):
         raise ValueError(f"impl must be 'fused' or 'reference', got {impl!r}")
+    if summary not in SUMMARIES:
+        raise ValueError(f"summary must be one of {', '.join(map(repr, SUMMARIES))}, got {summary!r}")
     levels = kdtree_levels(n_clusters) if hashing == "kdtree" else None
     if projections is not None:
         _check_projections(projections, d, n_hashes, levels)
@@ -201,14 +232,7 @@ def smyrf_attention(
     perm_q, perm_k = balanced_clusters(hq, hk, q_cluster_size, k_cluster_size)  # (H, B, Nq), (H, B, Nk)
 
     with torch.autocast(device_type, enabled=False):
-        if impl == "fused":
-            kernel_name = resolve_kernel(kernel, q.device, q.dtype, k_cluster_size)
-            out = smyrf_fused(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters, scale, kernel_name)  # (B, Nq, dv)
-        else:
-            s_out, s_lse = attend_in_clusters(
-                q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters=n_clusters, scale=scale
-            )  # (H, B, nc, cq, dv), (H, B, nc, cq)
-            out = combine_rounds(*unsort(s_out, s_lse, perm_q))  # (B, Nq, dv)
+        out = _attend(q_rows, k_rows, v_rows, perm_q, perm_k, n_clusters, scale, impl, kernel, summary)  # (B, Nq, dv)
     out = out.reshape(*lead, nq, dv).to(out_dtype)  # (..., Nq, dv)
     if return_clusters:
         return out, (perm_q.reshape(n_hashes, *lead, nq), perm_k.reshape(n_hashes, *lead, nk))

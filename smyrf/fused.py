@@ -17,6 +17,11 @@ The round-merge weights need no separate term: w_t = exp(l_t - L) is already fol
 is therefore one standard attention backward on its clusters, called with (out, L) gathered into that round's order,
 and its gradients are scattered back to original order and summed over rounds.
 
+``extra=(out_x, L_x)``: further softmax terms of the same queries (e.g. ``smyrf.summary``), merged exactly:
+out = a out + b out_x with a = exp(L - L'), b = exp(L_x - L'), L' = logaddexp(L, L_x). The in-cluster gradient is
+then the formula above with the merged (out, L') in place of (out, L) (pi = exp(S - L') and Delta = dout . out), i.e.
+the same kernel calls on the saved merged pair, and the extra term gets dout_x = b dout, dL_x = b dout . (out_x - out).
+
 Shape legend: B rows; Nq, Nk; d, dv; H rounds; nc clusters; cq, ck cluster sizes; hc rounds in a chunk;
 ``s_`` prefix = sorted order of a round.
 """
@@ -177,7 +182,8 @@ class _SmyrfFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str
+        ctx, q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str,
+        out_x: Tensor | None = None, lse_x: Tensor | None = None,
     ) -> Tensor:
         sizes, idx_q, idx_k, q_flat, k_flat, v_flat = _flat_operands(q, k, v, perm_q, perm_k, nc, kernel)
         n_hashes, b, nq, nk, dv, cq, ck, ed, ev = sizes
@@ -202,15 +208,21 @@ class _SmyrfFunction(torch.autograd.Function):
             acc = merged if acc is None else merged.add_(acc.mul_(torch.exp(lse_run - lse_new)))
             lse_run = lse_new
             del out_c, lse_c
-        out = acc[:, :dv].to(q.dtype).reshape(b, nq, dv).contiguous()  # (B, Nq, dv)
-        ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse_run)
+        acc = acc[:, :dv]  # (B*Nq, dv)
+        if out_x is not None:  # merge the extra softmax terms (module docstring); save the merged (out, L)
+            lse_flat = lse_x.reshape(-1, 1).to(acc_dtype)  # (B*Nq, 1)
+            lse_new = torch.logaddexp(lse_run, lse_flat)
+            acc = acc * torch.exp(lse_run - lse_new) + out_x.reshape(-1, dv).to(acc_dtype) * torch.exp(lse_flat - lse_new)
+            lse_run = lse_new
+        out = acc.to(q.dtype).reshape(b, nq, dv).contiguous()  # (B, Nq, dv)
+        ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse_run, out_x, lse_x)
         ctx.nc, ctx.scale, ctx.kernel = nc, scale, kernel
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: Tensor):
-        q, k, v, perm_q, perm_k, out, lse = ctx.saved_tensors
+        q, k, v, perm_q, perm_k, out, lse, out_x, lse_x = ctx.saved_tensors
         nc, scale, kernel = ctx.nc, ctx.scale, ctx.kernel
         sizes, idx_q, idx_k, q_flat, k_flat, v_flat = _flat_operands(q, k, v, perm_q, perm_k, nc, kernel)
         n_hashes, b, nq, nk, dv, cq, ck, ed, ev = sizes
@@ -240,14 +252,25 @@ class _SmyrfFunction(torch.autograd.Function):
         d_q = d_q[:, :d].reshape(b, nq, d).to(q.dtype)  # (B, Nq, d)
         d_k = d_k[:, :d].reshape(b, nk, d).to(k.dtype)  # (B, Nk, d)
         d_v = d_v[:, :dv].reshape(b, nk, dv).to(v.dtype)  # (B, Nk, dv)
-        return d_q, d_k, d_v, None, None, None, None, None
+        d_out_x = d_lse_x = None
+        if out_x is not None:
+            weight = torch.exp(lse_x.reshape(b, nq, 1) - lse.view(b, nq, 1))  # (B, Nq, 1): the extra terms' share
+            d_out_x = (weight * dout).to(out_x.dtype)  # (B, Nq, dv)
+            d_lse_x = (weight * dout * (out_x - out)).sum(-1).to(lse_x.dtype)  # (B, Nq)
+        return d_q, d_k, d_v, None, None, None, None, None, d_out_x, d_lse_x
 
 
 def smyrf_fused(
-    q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str
+    q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, nc: int, scale: float, kernel: str,
+    extra: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Memory-lean SMYRF on flattened rows: q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv), perms (H, B, N) -> (B, Nq, dv).
 
     q, k, v must share one dtype; ``kernel`` is a resolved name ("flash" or "math"). Not twice differentiable.
+    ``extra``: (out_x (B, Nq, dv), L_x (B, Nq)) of further softmax terms of the same queries, merged into the result
+    exactly and differentiably (module docstring); ``smyrf.summary`` provides them.
     """
-    return _SmyrfFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), perm_q, perm_k, nc, scale, kernel)
+    out_x, lse_x = extra if extra is not None else (None, None)
+    return _SmyrfFunction.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), perm_q, perm_k, nc, scale, kernel, out_x, lse_x
+    )

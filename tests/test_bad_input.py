@@ -319,6 +319,9 @@ CASES: list[Case] = [
          lambda c: ["sample.py", str(_ckpt_with(c, lambda s: s.update(format_version=99))),
                     "--grid", str(c.case_dir / "g.png")], ("newer",)),
     Case("checkpoint: run's latest.pt truncated (auto-resume)", _resume_latest_truncated, ("truncated or corrupt",)),
+    Case("sample.py --compare-attention without --grid",
+         lambda c: ["sample.py", str(c.good_run), "--compare-attention", "--outdir", str(c.case_dir / "o")],
+         ("--compare-attention needs --grid",)),
     # --- FID weights ------------------------------------------------------------------------------------------------
     Case("FID weights: missing (python -m biggan.fid)",
          lambda c: ["-m", "biggan.fid", str(c.images("a", 4)), str(c.images("b", 4)), "--dims", "64",

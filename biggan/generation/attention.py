@@ -38,7 +38,7 @@ def attention_overrides(
         missing = [f"--{k.replace('_', '-')}" for k, v in values.items() if v is None]
         if missing:
             raise ConfigError(f"G's attention at res {spec.res} was trained dense; give {', '.join(missing)} for smyrf")
-        specs.append(AttentionConfig(res=spec.res, kind="smyrf", hashing=spec.hashing, **values))
+        specs.append(AttentionConfig(res=spec.res, kind="smyrf", hashing=spec.hashing, summary=spec.summary, **values))
     if not specs and kind is not None:
         raise ConfigError("this generator has no attention layer; drop --attention")
     return specs

@@ -103,31 +103,43 @@ class SelfAttention2d(nn.Module):
             return f"res={self.res}, kind=dense"
         return (
             f"res={self.res}, kind=smyrf, n_hashes={spec.n_hashes}, q_cluster_size={spec.q_cluster_size}, "
-            f"k_cluster_size={spec.k_cluster_size}, hashing={spec.hashing}"
+            f"k_cluster_size={spec.k_cluster_size}, hashing={spec.hashing}, summary={spec.summary}"
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention's inputs for the block input x (B, C, h, w): q (B, Nq, d), k (B, Nk, d), v (B, Nk, dv)."""
+        _, _, h, w = x.shape
         if h != self.res or w != self.res:
             raise ValueError(f"{self.where}: built for {self.res}x{self.res} maps, got {h}x{w}")
         q = self.theta(x).flatten(2).transpose(1, 2)  # (B, Nq, d)
         k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, Nk, d)
         v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, Nk, dv)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_clusters: bool = False):
+        """softmax(q k^T) v (B, Nq, dv), dense or by SMYRF with this layer's settings and projection stream (the
+        fixed eval seed in eval mode). ``return_clusters`` (SMYRF only): also SMYRF's (perm_q, perm_k)."""
         if self.spec.kind == "dense":
-            out = dense_attention(q, k, v, scale=1.0)  # (B, Nq, dv)
-        else:
-            generator = self.generator if self.training else torch.Generator().manual_seed(self.eval_seed)
-            out = smyrf_attention(
-                q,
-                k,
-                v,
-                n_hashes=self.spec.n_hashes,
-                q_cluster_size=self.spec.q_cluster_size,
-                k_cluster_size=self.spec.k_cluster_size,
-                scale=1.0,
-                generator=generator,
-                hashing=self.spec.hashing,
-            )  # (B, Nq, dv)
+            return dense_attention(q, k, v, scale=1.0)  # (B, Nq, dv)
+        generator = self.generator if self.training else torch.Generator().manual_seed(self.eval_seed)
+        return smyrf_attention(
+            q,
+            k,
+            v,
+            n_hashes=self.spec.n_hashes,
+            q_cluster_size=self.spec.q_cluster_size,
+            k_cluster_size=self.spec.k_cluster_size,
+            scale=1.0,
+            generator=generator,
+            hashing=self.spec.hashing,
+            summary=self.spec.summary,
+            return_clusters=return_clusters,
+        )  # (B, Nq, dv)[, (perm_q (H, B, Nq), perm_k (H, B, Nk))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x)
+        out = self.attend(q, k, v)  # (B, Nq, dv)
         out = out.transpose(1, 2).reshape(b, c // 2, h, w)  # (B, dv, h, w)
         return x + self.gamma * self.o(out)
 

@@ -33,11 +33,14 @@ class AttentionConfig(Section):
     # are 2x2-pooled)
     hashing: Literal["projection", "kdtree"] = "projection"  # smyrf only: the paper's one projection per round, or
     # a balanced k-d tree per round (lower error at equal score memory, see smyrf.hashing)
+    summary: Literal["none", "mean", "taylor"] = "none"  # smyrf only: none = the paper's; mean/taylor = each query
+    # also attends one summary of every cluster it missed (smyrf.summary; error on real attention in the README)
 
     def check(self, where: str) -> None:
         """Kind-specific keys present exactly when they act."""
         given = [key for key in _SMYRF_KEYS if getattr(self, key) is not None]
         given += ["hashing"] if self.hashing != "projection" else []
+        given += ["summary"] if self.summary != "none" else []
         if self.kind == "dense" and given:
             raise ConfigError(
                 f"{where} (res {self.res}) is dense: {', '.join(given)} act only with kind: smyrf; remove them"

@@ -128,8 +128,9 @@ def describe_attention(net: nn.Module, name: str) -> list[str]:
                 f"(d={module.channels // 8}, dv={module.channels // 2}), Nq={n_q}, Nk={n_k}: {spec.kind}")
         if spec.kind == "smyrf":
             clusters = n_q // spec.q_cluster_size
-            share = spec.n_hashes * spec.q_cluster_size * spec.k_cluster_size * clusters / (n_q * n_k)
-            line += (f" H={spec.n_hashes} cq={spec.q_cluster_size} ck={spec.k_cluster_size} "
+            per_query = spec.n_hashes * spec.k_cluster_size + (clusters if spec.summary != "none" else 0)
+            share = per_query / n_k  # score entries per query, relative to dense (summaries: nc more)
+            line += (f" H={spec.n_hashes} cq={spec.q_cluster_size} ck={spec.k_cluster_size} summary={spec.summary} "
                      f"({clusters} clusters/round, {share:.1%} of dense score entries)")
         lines.append(line)
     return lines or [f"  {name}: no attention"]

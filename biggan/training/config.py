@@ -67,6 +67,8 @@ class LogConfig(Section):
     sample_every: int = number(1000, ge=1)  # fixed-z sample grids of G_ema and G (PNG + TensorBoard)
     num_samples: int = number(64, ge=1)  # images in each fixed-z grid
     progress_bar: bool = True  # tqdm bar (only shown on a TTY)
+    attention_probe: bool = True  # each tick: every SMYRF layer's error against dense attention on one sample, and
+    # its attention maps, in TensorBoard (biggan/training/attention_probe.py; no cost in the training step)
 
 
 @dataclass

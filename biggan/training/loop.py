@@ -38,6 +38,7 @@ from biggan.generation.latents import latents_for_seeds
 from biggan.images import save_grid, to_uint8
 from biggan.models import attention_gammas, orthogonal_regularization, spectral_norm_values
 from biggan.runtime import Runtime
+from biggan.training.attention_probe import AttentionProbe
 from biggan.training.config import Config, dump_config
 from biggan.training.divergence import FiniteMonitor
 from biggan.training.logging import RunLogger, format_status
@@ -111,6 +112,10 @@ class _Trainer:
         if runtime.is_main:
             runtime.barrier()
         self.global_batch = cfg.train.batch_size * runtime.num_devices
+        self.probe = None  # SMYRF-vs-dense error of every SMYRF layer each tick, on the main process
+        if cfg.log.attention_probe and runtime.is_main:
+            label = 0 if cfg.model.conditioning == "class" else None
+            self.probe = AttentionProbe(self.state.G_, self.state.D_, cfg.model.dim_z, runtime.device, label) or None
 
     def _grid_latents(self, n_classes: Optional[int]) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[int]]:
         """Fixed z (seeds 0..) of the sample grids, their labels and images per row: a row per class when there are
@@ -200,7 +205,10 @@ class _Trainer:
             last_good = None if finite else find_latest(self.run_dir.checkpoints)
             decision = st.guard.check(finite, can_roll_back=last_good is not None)
             stats["divergence/rollbacks"] = float(st.guard.rollbacks)  # cumulative, so every rollback shows as a step
+            probe_images = self._probe(stats) if finite and self.probe is not None else {}
             self.log.stats(step, stats)
+            for tag, grid in probe_images.items():
+                self.log.image(tag, grid, step)
             line = format_status(step, cfg.train.total_steps, stats)
             if bar.disable:
                 self.log.line(line)
@@ -295,6 +303,12 @@ class _Trainer:
         stats["lr/G"] = st.opt_G.param_groups[0]["lr"]
         stats["lr/D"] = st.opt_D.param_groups[0]["lr"]
         return stats, finite, preempted
+
+    def _probe(self, stats: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The attention probe's scalars into ``stats`` (so stats.jsonl has them too); returns its map grids."""
+        scalars, images = self.probe.run()
+        stats.update(scalars)
+        return images
 
     def _speed_stats(self, seconds: float, steps: int, maintenance: float) -> dict[str, float]:
         st = self.state
