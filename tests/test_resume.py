@@ -48,26 +48,29 @@ def _assert_identical(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tmp_path, make_cfg):
+@pytest.mark.parametrize("augment", [[], ["train.augment=diffaugment"]], ids=["plain", "diffaugment"])
+def test_resume_is_bit_identical(tmp_path, make_cfg, augment):
     # 24 images / batch 4 = 6 batches per epoch, 2 per step: the data order crosses an epoch boundary at step 3.
-    straight = _train(make_cfg("straight", 4))
+    straight = _train(make_cfg("straight", 4, *augment))
 
-    half = _train(make_cfg("halves", 2))
+    half = _train(make_cfg("halves", 2, *augment))
     assert half["step"] == 2
     saved = tmp_path / "half.pt"
     saved.write_bytes((tmp_path / "runs" / "halves" / "checkpoints" / "latest.pt").read_bytes())
-    resumed = _train(make_cfg("halves", 4))  # the same command with more steps: auto-resume from latest.pt
+    resumed = _train(make_cfg("halves", 4, *augment))  # the same command with more steps: auto-resume from latest.pt
     log = (tmp_path / "runs" / "halves" / "log.txt").read_text()
     assert "resumed from" in log and "at step 2" in log
 
     assert resumed["step"] == straight["step"] == 4
     assert resumed["images_seen"] == straight["images_seen"] == 4 * 4 * 2
     assert resumed["data"]["epoch"] == 1
-    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "data", "attention_rng"):
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "data", "attention_rng", "augment_rng"):
         _assert_identical(straight[key], resumed[key], key)
+    # Off, the augmentation generator is never drawn from (identity when off); on, it moves and is restored.
+    assert torch.equal(half["augment_rng"], straight["augment_rng"]) == (not augment)
 
     # Explicit --resume PATH into another run directory continues from that file's step, identically.
-    explicit = _train(make_cfg("explicit", 4), resume=str(saved))
+    explicit = _train(make_cfg("explicit", 4, *augment), resume=str(saved))
     _assert_identical(straight["G_ema"], explicit["G_ema"], "G_ema")
     _assert_identical(straight["opt_D"], explicit["opt_D"], "opt_D")
 

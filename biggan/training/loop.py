@@ -34,6 +34,7 @@ from biggan.images import save_grid, to_uint8
 from biggan.models import attention_gammas, orthogonal_regularization, spectral_norm_values
 from biggan.runtime import Runtime
 from biggan.training.config import Config, dump_config
+from biggan.training.augment import DiffAugment
 from biggan.training.divergence import FiniteMonitor
 from biggan.training.logging import RunLogger, format_status
 from biggan.training.losses import LOSSES
@@ -87,6 +88,8 @@ class _Trainer:
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
         self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate)
         self.fixed_z = latents_for_seeds(list(range(cfg.log.num_samples)), cfg.model.dim_z)  # grid seeds 0..n-1
+        self.augment = None if cfg.train.augment == "none" else DiffAugment(
+            cfg.train.augment_policy, self.state.augment_rng, place=runtime.shard_batch, host_rows=runtime.host_rows)
         self.fid: Any = None
         # Rank 0 writes the demo dataset and FID reference statistics (if missing) while the others wait, then they
         # read what it wrote; two processes writing the same files would race.
@@ -199,13 +202,15 @@ class _Trainer:
         for _ in range(cfg.train.num_d_steps):
             x_real = rt.shard_batch(next(st.stream))  # (B, 3, h, w)
             z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
-            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, loss=self.loss_d, ctx=self.step_ctx)
+            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, loss=self.loss_d, ctx=self.step_ctx,
+                         augment=self.augment)
             acc.add(out)
             monitor.update(*out.values())
             rt.mark_step()
         z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z)
         regularize = self._ortho_reg if cfg.train.ortho_reg > 0 else None
-        out = g_step(st.G, st.D_, st.opt_G, z=z, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize)
+        out = g_step(st.G, st.D_, st.opt_G, z=z, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize,
+                     augment=self.augment)
         acc.add(out)
         monitor.update(*out.values())
         st.step += 1

@@ -7,6 +7,8 @@ training checkpoint, which is a generator checkpoint (:data:`biggan.generation.c
 - ``images_seen``, ``best_fid``; ``D``; ``opt_G``, ``opt_D`` (:class:`LeanAdam` states: no ``exp_avg`` at beta1 = 0);
 - ``rng`` (every host RNG of the main process), ``attention_rng`` (its SMYRF layer generators), ``data`` (the batch
   stream's position);
+- optional ``augment_rng`` (the main process's DiffAugment generator state; absent in older files, where a resumed
+  run seeds it from the step);
 - optional ``divergence`` (the rollback count; absent in older files, read as 0) and, from multi-process runs,
   ``process_rng`` (every rank's ``rng`` + ``attention_rng``, so each rank resumes its own streams when the number of
   processes is the same; otherwise ranks >= 1 start fresh streams from the step).
@@ -60,6 +62,14 @@ def _stream_seed(seed: int, rank: int) -> int:
     return seed * 1_000_003 + rank + 1
 
 
+_AUGMENT_STREAM = 1 << 48  # offsets the augmentation generator's seed: never the same mt19937 stream as z's
+
+
+def _augment_generator(seed: int, rank: int) -> torch.Generator:
+    """This process's DiffAugment parameter generator (its own stream, so augmentation never shifts z)."""
+    return torch.Generator().manual_seed(_stream_seed(seed, rank) + _AUGMENT_STREAM)
+
+
 class TrainingState:
     """G, D (possibly DDP-wrapped), G_ema, optimisers and the data stream, plus progress counters."""
 
@@ -78,6 +88,7 @@ class TrainingState:
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
+        self.augment_rng = _augment_generator(cfg.seed, runtime.rank)  # DiffAugment's draws (unused when it is off)
         self._decorrelate_processes(runtime.rank, salt=0)
 
     def attach_data(self, dataset: ImageSource) -> None:
@@ -91,6 +102,7 @@ class TrainingState:
         """Another data order and another z stream from here on (the divergence guard's retry after a rollback)."""
         self.stream = self.stream.reseeded(seed)
         seed_everything(_stream_seed(seed, self.runtime.rank))
+        self.augment_rng.set_state(_augment_generator(seed, self.runtime.rank).get_state())
 
     def _adam_settings(self, net: str) -> dict[str, Any]:
         train = self.cfg.train
@@ -133,6 +145,7 @@ class TrainingState:
                 seed_everything(_stream_seed(self.cfg.seed, rank))
             return  # rank 0 keeps the model's own SMYRF seeds (and on resume its restored generators)
         seed_everything(_stream_seed(self.cfg.seed + salt, rank))
+        self.augment_rng.set_state(_augment_generator(self.cfg.seed + salt, rank).get_state())
         for net in (self.G_, self.D_):
             states = attention_rng_state(net)
             fresh = {
@@ -142,15 +155,22 @@ class TrainingState:
             load_attention_rng_state(net, fresh)
 
     def process_rng_state(self) -> dict[str, Any]:
-        """This process's own random state: host RNGs (z) and SMYRF layer generators. Gathered from every rank into
-        checkpoints, so that a multi-process run resumes bit-identically on the same number of processes."""
+        """This process's own random state: host RNGs (z), SMYRF layer generators and the augmentation generator.
+        Gathered from every rank into checkpoints, so that a multi-process run resumes bit-identically on the same
+        number of processes."""
         return {"rng": get_rng_state(), "attention_rng": {"G": attention_rng_state(self.G_),
-                                                           "D": attention_rng_state(self.D_)}}
+                                                           "D": attention_rng_state(self.D_)},
+                "augment_rng": self.augment_rng.get_state()}
 
     def _load_process_rng_state(self, state: dict[str, Any]) -> None:
         set_rng_state(state["rng"])
         load_attention_rng_state(self.G_, state["attention_rng"]["G"])
         load_attention_rng_state(self.D_, state["attention_rng"]["D"])
+        if "augment_rng" in state:
+            self.augment_rng.set_state(state["augment_rng"])
+        else:  # a checkpoint from before augmentation existed: a stream of its own from this step on
+            fresh = _augment_generator(self.cfg.seed + int(self.step), self.runtime.rank)
+            self.augment_rng.set_state(fresh.get_state())
 
     # -- checkpoint dict --------------------------------------------------------------------------------------------
 
@@ -176,7 +196,7 @@ class TrainingState:
             "opt_G": host(self.opt_G.state_dict()),
             "opt_D": host(self.opt_D.state_dict()),
             "data": self.stream.state_dict(),
-            **own,  # "rng" and "attention_rng"
+            **own,  # "rng", "attention_rng" and "augment_rng"
             "divergence": self.guard.state_dict(),
             **extra,
         }
