@@ -210,6 +210,12 @@ class Runtime:
         every DDP process; one under SPMD (the program is already global) and on one process."""
         return self.world_size if self._distributed() else 1
 
+    @property
+    def metric_device(self) -> torch.device:
+        """Where an evaluation's float64 arithmetic runs (KID kernels, precision/recall distances): this process's GPU
+        on cuda; the host elsewhere (XLA devices have no fast float64)."""
+        return self.device if self.kind == "cuda" else torch.device("cpu")
+
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over :attr:`metric_shards` processes in place (FID feature sums); a no-op for one shard."""
         if self._distributed():

@@ -98,9 +98,10 @@ class _Trainer:
         dataset = build_dataset(cfg.data, cfg.model.resolution)
         self.state.attach_data(dataset)
         if cfg.fid.every:
-            from biggan.fid.evaluate import build_fid_evaluator
+            from biggan.fid.suite import build_metric_suite
 
-            self.fid = build_fid_evaluator(cfg.fid, dataset, runtime.device, compute_missing=runtime.is_main)
+            self.fid = build_metric_suite(cfg.fid, dataset, runtime.device, compute_missing=runtime.is_main,
+                                          metric_device=runtime.metric_device)
         if runtime.is_main:
             runtime.barrier()
         self.global_batch = cfg.train.batch_size * runtime.num_devices
@@ -276,7 +277,8 @@ class _Trainer:
             self.log.image(f"samples/{tag}", grid, step)
 
     def _evaluate(self, step: int) -> bool:
-        """FID of G_ema (eval mode, fixed SMYRF seeds, the same fakes' z every time); True if it is a new best."""
+        """FID (and KID, precision/recall from the same features) of G_ema (eval mode, fixed SMYRF seeds, the same
+        fakes' z every time); True if the ``fid.best_by`` metric is at a new best."""
         rt, st = self.runtime, self.state
         gen = torch.Generator().manual_seed(_FID_SEED + rt.rank)
         dim_z, device = self.cfg.model.dim_z, rt.device
@@ -286,14 +288,17 @@ class _Trainer:
             return to_uint8(generate(st.G_ema, z, n, device))
 
         start = time.perf_counter()
-        value = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards)
-        best = st.best_fid is None or value < st.best_fid
-        if best:
-            st.best_fid = value
-        record = {self.fid.name: value, "best": st.best_fid, "seconds": time.perf_counter() - start,
+        values = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards, rank=rt.rank)
+        fid, key = values[self.fid.name], self.fid.best_name
+        st.best_fid = fid if st.best_fid is None else min(st.best_fid, fid)
+        best = key not in st.best_metrics or values[key] < st.best_metrics[key]
+        for name in self.fid.lower_is_better:
+            st.best_metrics[name] = min(st.best_metrics.get(name, values[name]), values[name])
+        record = {**values, "best": st.best_metrics[key], "best_by": key, "seconds": time.perf_counter() - start,
                   "images_seen": st.images_seen, "network": "G_ema", "bn_mode": "eval", **self.fid.identity}
         self.log.metric(step, record)
-        self.log.line(f"{self.fid.name} {value:.2f} at step {step} (best {st.best_fid:.2f})")
+        shown = "  ".join(f"{name} {value:.4g}" for name, value in values.items())
+        self.log.line(f"{shown} at step {step} (best {key} {st.best_metrics[key]:.4g})")
         return best
 
     def _checkpoint(self, step: int, best: bool) -> None:

@@ -7,6 +7,8 @@ training checkpoint, which is a generator checkpoint (:data:`biggan.generation.c
 - ``images_seen``, ``best_fid``; ``D``; ``opt_G``, ``opt_D`` (:class:`LeanAdam` states: no ``exp_avg`` at beta1 = 0);
 - ``rng`` (every host RNG of the main process), ``attention_rng`` (its SMYRF layer generators), ``data`` (the batch
   stream's position);
+- optional ``best_metrics`` (the best value of each lower-is-better metric by its logged name, e.g. ``fid10k``,
+  ``kid10k``: what ``fid.best_by`` compares; absent in older files, read as ``{fid name: best_fid}``);
 - optional ``augment_rng`` (the main process's DiffAugment generator state; absent in older files, where a resumed
   run seeds it from the step);
 - optional ``divergence`` (the rollback count; absent in older files, read as 0) and, from multi-process runs,
@@ -87,6 +89,7 @@ class TrainingState:
         self.step = 0  # completed G steps
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
+        self.best_metrics: dict[str, float] = {}  # best value per logged metric name (fid10k, kid10k); picks best.pt
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
         self.augment_rng = _augment_generator(cfg.seed, runtime.rank)  # DiffAugment's draws (unused when it is off)
         self._decorrelate_processes(runtime.rank, salt=0)
@@ -190,6 +193,7 @@ class TrainingState:
             "step": self.step,
             "images_seen": self.images_seen,
             "best_fid": self.best_fid,
+            "best_metrics": dict(self.best_metrics),
             "G": host(self.G_.state_dict()),
             "D": host(self.D_.state_dict()),
             "G_ema": host(self.ema.state_dict()),
@@ -220,6 +224,8 @@ class TrainingState:
         self.opt_D.load_state_dict(state["opt_D"])
         changed = self._apply_adam_settings()
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
+        legacy = {} if self.best_fid is None else {self.cfg.fid.name: self.best_fid}  # written before best_metrics
+        self.best_metrics = dict(state.get("best_metrics", legacy))
         if "divergence" in state:  # absent in checkpoints written before the count was saved
             self.guard.load_state_dict(state["divergence"])
         self.stream = self.stream.reseeded(self.guard.data_seed(self.cfg.seed))
