@@ -48,7 +48,8 @@ def _assert_identical(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("augment", [[], ["train.augment=diffaugment"]], ids=["plain", "diffaugment"])
+@pytest.mark.parametrize("augment", [[], ["train.augment=diffaugment", "train.ema_buffers=standing"]],
+                         ids=["plain", "diffaugment+standing"])
 def test_resume_is_bit_identical(tmp_path, make_cfg, augment):
     # 24 images / batch 4 = 6 batches per epoch, 2 per step: the data order crosses an epoch boundary at step 3.
     straight = _train(make_cfg("straight", 4, *augment))
@@ -215,9 +216,10 @@ def test_rollback_reseeds_data_and_z_so_the_retry_differs(tmp_path, make_cfg, mo
     assert _train(make_cfg("old", 7), resume=str(tmp_path / "old.pt"))["divergence"] == {"rollbacks": 0}
 
 
-@pytest.mark.parametrize("policy", ["copy", "average"])
+@pytest.mark.parametrize("policy", ["copy", "average", "standing"])
 def test_ema_buffer_policy_comes_from_the_config(make_cfg, policy):
-    """train.ema_buffers decides whether G_ema's BN statistics are G's (copy) or an average of them."""
+    """train.ema_buffers decides whether G_ema's BN statistics are G's (copy), an average of them, or G_ema's own
+    (standing: re-estimated before the checkpoint is written)."""
     ckpt = _train(make_cfg(f"ema_{policy}", 3, f"train.ema_buffers={policy}", "train.ema_decay=0.9"))
     bn_stats = [k for k in ckpt["G"] if k.endswith("running_mean")]
     assert bn_stats

@@ -42,8 +42,9 @@ class TrainConfig(Section):
     adam_eps: float = number(1e-6, gt=0)  # BigGAN launch scripts use 1e-6 (parser default 1e-8)
     ema_decay: float = number(0.9999, ge=0, lt=1)  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
     ema_start: int = number(0, ge=0)  # before this step G_ema is a copy of G (decay 0)
-    ema_buffers: Literal["copy", "average"] = "copy"  # G_ema's BN running stats and SN u/sv: copied from G
-    # (stylegan2-ada) or averaged like the weights (BigGAN-PyTorch lerps the whole state_dict)
+    ema_buffers: Literal["copy", "average", "standing"] = "copy"  # G_ema's BN running stats and SN u/sv: copied
+    # from G (stylegan2-ada), averaged like the weights (BigGAN-PyTorch lerps the whole state_dict), or copied and BN
+    # re-estimated from G_ema's own activations before each grid, FID and checkpoint (BigGAN's standing statistics)
     ortho_reg: float = number(0.0, ge=0)  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as released)
     ckpt_every: int = number(1000, ge=1)  # full training-state checkpoint every this many steps (and at the end / on
     # preemption)

@@ -46,6 +46,8 @@ from biggan.training.steps import StepContext, d_step, g_step
 __all__ = ["run"]
 
 _FID_SEED = 2**31 - 1  # FID fakes use their own generator: same z at every evaluation, training RNG untouched
+_STANDING_SEED = 2**31 - 2  # z of G_ema's standing BN statistics (ema_buffers: standing): fixed, training RNG untouched
+_STANDING_BATCHES = 16  # batches of train.batch_size averaged into them (BigGAN-PyTorch's num_standing_accumulations)
 
 
 class _Accumulator:
@@ -182,6 +184,8 @@ class _Trainer:
                 tick_start, tick_step, maintenance = time.perf_counter(), st.step, 0.0
                 continue
             stopping = stopping or preempted
+            if due["samples"] or due["fid"] or due["ckpt"] or stopping:
+                self._standing_statistics()
             if due["samples"] or stopping:
                 self._samples(step)
             best = self._evaluate(step) if due["fid"] else False
@@ -265,6 +269,18 @@ class _Trainer:
             "speed/maintenance_sec": maintenance,
             "memory/peak_gib": peak / 2**30,
         }
+
+    def _standing_statistics(self) -> None:
+        """``train.ema_buffers: standing``: G_ema's BN statistics from its own activations on fixed z, before the tick
+        uses G_ema (grids, FID, checkpoint). Every process computes the same values; no host read."""
+        if self.cfg.train.ema_buffers != "standing":
+            return
+        rt, gen = self.runtime, torch.Generator().manual_seed(_STANDING_SEED)
+        batch = rt.local_batch_size(self.cfg.train.batch_size)
+        latents = (rt.shard_batch(torch.randn(batch, self.cfg.model.dim_z, generator=gen))  # (B, dim_z)
+                   for _ in range(_STANDING_BATCHES))
+        self.state.ema.standing_statistics(latents)
+        rt.mark_step()
 
     def _samples(self, step: int) -> None:
         """Fixed-z grids of G_ema and G (eval mode), as PNG files and TensorBoard images."""
