@@ -236,4 +236,5 @@ def test_resume_takes_optimizer_settings_from_the_config(make_cfg, tmp_path):
     assert group["lr"] == 1e-5 and tuple(group["betas"]) == (0.5, 0.999)
     log = (tmp_path / "runs" / "lr" / "log.txt").read_text()
     assert "optimiser settings from the config, not the checkpoint: " in log
-    assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and "G lr 0.0001 -> 1e-05" in log and "D lr" not in log
+    lr_g = make_cfg("lr", 2).train.lr_g  # the demo config's (5e-05)
+    assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and f"G lr {lr_g} -> 1e-05" in log and "D lr" not in log
