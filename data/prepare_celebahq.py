@@ -2,9 +2,10 @@
 
 SRC is a folder (searched recursively) or a zip of square JPG/PNG images in any common CelebA-HQ form. OUT/<res>/
 receives ``images.npy`` (uint8 memmap) and ``manifest.json`` (:mod:`biggan.data.prepare`), then the FID reference
-statistics ``fid_stats_d2048.npz`` of all prepared images (:mod:`biggan.fid`); point ``data.path`` at it with
-``data.kind: prepared``. Rerunning skips finished work: up-to-date images, and statistics made by the same extractor
-from the same number of images. ``--labels`` prepares any folder with one sub-folder per class (torchvision
+statistics ``fid_stats_d2048.npz`` of all prepared images and, from the same Inception pass, the KID/PR reference
+features ``fid_stats_d2048.features.npz`` of a fixed random 10k of them (:mod:`biggan.fid`); point ``data.path`` at
+it with ``data.kind: prepared``. Rerunning skips finished work: up-to-date images, and statistics and features made by
+the same extractor from the same images. ``--labels`` prepares any folder with one sub-folder per class (torchvision
 ImageFolder rules) for class-conditional training: ``labels.npy`` and the class names go with the images.
 """
 
@@ -20,14 +21,16 @@ from biggan.data.prepare import CELEBAHQ_COUNT, PrepareReport, prepare_dataset
 from biggan.errors import cli_main
 from biggan.fid import ensure_reference_stats, load_extractor, reference_stats_current
 from biggan.fid.extractor import extractor_identity
+from biggan.fid.reference_features import ensure_reference_features, features_current, reference_features_path
 from biggan.fid.weights import resolve_weights_path
 
 
 def prepare(src: str | Path, out: str | Path, resolutions: Sequence[int], resample: str = "box",
             skip_bad: bool = False, expect_count: int | None = CELEBAHQ_COUNT, fid_dims: Sequence[int] = (2048,),
             weights_path: str | None = None, batch_size: int = 50, workers: int = 1,
-            device: str = "cpu", labelled: bool = False) -> PrepareReport:
-    """Prepared images at every resolution, then their FID reference statistics at each of ``fid_dims``.
+            device: str = "cpu", labelled: bool = False, ref_features: int = 10000) -> PrepareReport:
+    """Prepared images at every resolution, then their FID reference statistics at each of ``fid_dims`` and (unless
+    ``ref_features`` is 0) the KID/PR reference features of ``ref_features`` of them, from the same pass.
 
     The weights are checked before any image is touched, so a missing file fails in seconds, not after decoding.
     """
@@ -38,12 +41,19 @@ def prepare(src: str | Path, out: str | Path, resolutions: Sequence[int], resamp
     for res in resolutions:
         dataset = PreparedDataset(Path(out) / str(res), res)
         for dims in fid_dims:
-            if reference_stats_current(dataset.reference_stats_path(dims), extractor_identity(weights, dims),
-                                       len(dataset)):
+            stats, identity = dataset.reference_stats_path(dims), extractor_identity(weights, dims)
+            stats_ok = reference_stats_current(stats, identity, len(dataset))
+            features_ok = not ref_features or features_current(reference_features_path(stats), identity,
+                                                                len(dataset), ref_features)
+            if stats_ok and features_ok:
                 continue
             if dims not in extractors:  # built only when statistics must be computed (a few seconds each)
                 extractors[dims] = load_extractor(weights, device, dims)
-            report.stats_written.append(ensure_reference_stats(dataset, extractors[dims], batch_size))
+            if ref_features:  # statistics and features from one pass (only the features if the statistics are current)
+                features = ensure_reference_features(dataset, extractors[dims], batch_size, ref_features)
+                report.stats_written += ([] if stats_ok else [stats]) + [features]
+            else:
+                report.stats_written.append(ensure_reference_stats(dataset, extractors[dims], batch_size))
     return report
 
 
@@ -59,6 +69,8 @@ def main() -> int:
     parser.add_argument("--expect-count", type=int, default=CELEBAHQ_COUNT, help="required number of images (0 = any)")
     parser.add_argument("--fid-dims", type=int, nargs="*", default=[2048],
                         help="Inception depths of the FID reference statistics (none: --fid-dims with no value)")
+    parser.add_argument("--ref-features", type=int, default=10000,
+                        help="KID/PR reference features kept per depth (a fixed random subset; 0: none)")
     parser.add_argument("--weights", default=None, help="FID weights file (default: the torch hub cache file)")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decode processes")
@@ -68,7 +80,8 @@ def main() -> int:
     args = parser.parse_args()
     report = prepare(args.src, args.out, args.resolution, resample=args.filter, skip_bad=args.skip_bad,
                      expect_count=args.expect_count, fid_dims=args.fid_dims, weights_path=args.weights,
-                     batch_size=args.batch_size, workers=args.workers, device=args.device, labelled=args.labels)
+                     batch_size=args.batch_size, workers=args.workers, device=args.device, labelled=args.labels,
+                     ref_features=args.ref_features)
     src = report.source
     print(f"source: {src.path} ({src.form}, layout {src.layout}, {len(src.names)} images"
           + (f", {len(src.classes)} classes" if src.classes else "") + ")")
@@ -78,7 +91,7 @@ def main() -> int:
         state = "prepared" if res in report.prepared else "up to date"
         print(f"{res}px: {path} ({state})")
     for path in report.stats_written:
-        print(f"FID reference statistics: {path}")
+        print(f"FID reference {'features' if path.name.endswith('.features.npz') else 'statistics'}: {path}")
     if not report.prepared and not report.stats_written:
         print("nothing to do")
     return 0

@@ -204,6 +204,10 @@ def test_cli_stats_file_and_folder_agree(tmp_path, random_weights, monkeypatch, 
     weights = ("--weights", str(random_weights))
     cli("stats", str(a), str(tmp_path / "a.npz"), "--dims", "64", *weights)
     assert load_stats(tmp_path / "a.npz").n == 8
+    from biggan.fid.reference_features import load_features
+
+    features = load_features(tmp_path / "a.features.npz")  # the KID/PR reference of the same pass: all 8 images
+    assert features.features.shape == (8, 64) and features.n_total == 8 and features.extractor
     folders = float(cli(str(a), str(b), "--dims", "64", *weights).split()[-1])
     mixed = float(cli(str(tmp_path / "a.npz"), str(b), *weights).split()[-1])  # dims taken from the file
     assert mixed == pytest.approx(folders, rel=1e-6) and folders > 0

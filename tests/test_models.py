@@ -218,6 +218,35 @@ def test_ema_before_start_copies_then_averages() -> None:
     torch.testing.assert_close(running_mean, torch.full_like(running_mean, 1.5))
 
 
+def test_standing_statistics_are_the_mean_over_g_emas_own_batches() -> None:
+    """BN running statistics become the plain average over the given batches (torch's momentum=None cumulative average
+    is the oracle); nothing else changes: SMYRF draws nothing, SN vectors stay, G_ema stays in eval mode."""
+    torch.manual_seed(0)
+    G = build_generator(tiny(32, g_attn=[smyrf(32)]))
+    ema = EMA(G, decay=0.5, buffers="standing")
+    latents = [torch.randn(4, G.cfg.dim_z) for _ in range(3)]
+    oracle = copy.deepcopy(ema.model)
+    norms = [m for m in oracle.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        for z in latents:
+            oracle(z)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    rng_before = attention_rng_state(ema.model)
+    ema.standing_statistics((z, None) for z in latents)
+    after = ema.model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    for k, v in oracle.state_dict().items():
+        if k.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(after[k], v, rtol=1e-5, atol=1e-6)
+    assert not any(m.training for m in ema.model.modules())
+    assert all(torch.equal(a, b) for a, b in zip(attention_rng_state(ema.model).values(), rng_before.values()))
+
+
 def test_orthogonal_regularization_matches_the_reference_gradient_and_skips_the_shared_embedding() -> None:
     torch.manual_seed(0)
     G = build_generator(tiny(32, "class"))

@@ -17,6 +17,7 @@ from data.prepare_celebahq import prepare
 from biggan.data.synthetic import render_face
 from biggan.errors import DataError, WeightsError
 from biggan.fid import default_weights_path, load_stats
+from biggan.fid.reference_features import load_features
 
 SCHEMES = {  # relative file names of 6 images in each distribution's layout
     "celebamask-hq": [f"CelebA-HQ-img/{i}.jpg" for i in range(6)],
@@ -161,9 +162,11 @@ def test_statistics_in_same_run_and_second_run_does_no_work(tmp_path):
     folder = _write_tree(tmp_path / "src", SCHEMES["dataNNNxNNN"])
     src = _zip(folder)
     report = _prepare(src, tmp_path / "out", fid_dims=(64,))
-    assert report.prepared == [32, 16] and len(report.stats_written) == 2
+    assert report.prepared == [32, 16] and len(report.stats_written) == 4  # statistics and KID/PR features, each res
     stats = load_stats(tmp_path / "out" / "32" / "fid_stats_d64.npz")
     assert stats.n == 6 and stats.mu.shape == (64,) and "d64" in stats.extractor
+    features = load_features(tmp_path / "out" / "32" / "fid_stats_d64.features.npz")
+    assert features.features.shape == (6, 64) and features.extractor == stats.extractor  # all 6 (fewer than 10k)
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     mtimes = {p: p.stat().st_mtime_ns for p in files}
     again = _prepare(src, tmp_path / "out", fid_dims=(64,))
@@ -171,7 +174,13 @@ def test_statistics_in_same_run_and_second_run_does_no_work(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == mtimes
     (tmp_path / "out" / "16" / "fid_stats_d64.npz").unlink()  # only the missing piece is redone
     third = _prepare(src, tmp_path / "out", fid_dims=(64,))
-    assert third.prepared == [] and [p.name for p in third.stats_written] == ["fid_stats_d64.npz"]
+    assert third.prepared == [] and [p.name for p in third.stats_written] == ["fid_stats_d64.npz",
+                                                                              "fid_stats_d64.features.npz"]
+    stats_mtime = (tmp_path / "out" / "16" / "fid_stats_d64.npz").stat().st_mtime_ns
+    (tmp_path / "out" / "16" / "fid_stats_d64.features.npz").unlink()  # features of a dataset prepared before KID/PR
+    fourth = _prepare(src, tmp_path / "out", fid_dims=(64,))
+    assert [p.name for p in fourth.stats_written] == ["fid_stats_d64.features.npz"]
+    assert (tmp_path / "out" / "16" / "fid_stats_d64.npz").stat().st_mtime_ns == stats_mtime
     manifest = json.loads((tmp_path / "out" / "32" / "manifest.json").read_text())
     assert manifest["source"]["form"] == "zip" and len(manifest["sha256"]) == 64
 

@@ -48,26 +48,30 @@ def _assert_identical(a, b, where: str = "") -> None:
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tmp_path, make_cfg):
+@pytest.mark.parametrize("augment", [[], ["train.augment=diffaugment", "train.ema_buffers=standing"]],
+                         ids=["plain", "diffaugment+standing"])
+def test_resume_is_bit_identical(tmp_path, make_cfg, augment):
     # 24 images / batch 4 = 6 batches per epoch, 2 per step: the data order crosses an epoch boundary at step 3.
-    straight = _train(make_cfg("straight", 4))
+    straight = _train(make_cfg("straight", 4, *augment))
 
-    half = _train(make_cfg("halves", 2))
+    half = _train(make_cfg("halves", 2, *augment))
     assert half["step"] == 2
     saved = tmp_path / "half.pt"
     saved.write_bytes((tmp_path / "runs" / "halves" / "checkpoints" / "latest.pt").read_bytes())
-    resumed = _train(make_cfg("halves", 4))  # the same command with more steps: auto-resume from latest.pt
+    resumed = _train(make_cfg("halves", 4, *augment))  # the same command with more steps: auto-resume from latest.pt
     log = (tmp_path / "runs" / "halves" / "log.txt").read_text()
     assert "resumed from" in log and "at step 2" in log
 
     assert resumed["step"] == straight["step"] == 4
     assert resumed["images_seen"] == straight["images_seen"] == 4 * 4 * 2
     assert resumed["data"]["epoch"] == 1
-    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "data", "attention_rng"):
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "rng", "data", "attention_rng", "augment_rng"):
         _assert_identical(straight[key], resumed[key], key)
+    # Off, the augmentation generator is never drawn from (identity when off); on, it moves and is restored.
+    assert torch.equal(half["augment_rng"], straight["augment_rng"]) == (not augment)
 
     # Explicit --resume PATH into another run directory continues from that file's step, identically.
-    explicit = _train(make_cfg("explicit", 4), resume=str(saved))
+    explicit = _train(make_cfg("explicit", 4, *augment), resume=str(saved))
     _assert_identical(straight["G_ema"], explicit["G_ema"], "G_ema")
     _assert_identical(straight["opt_D"], explicit["opt_D"], "opt_D")
 
@@ -212,9 +216,10 @@ def test_rollback_reseeds_data_and_z_so_the_retry_differs(tmp_path, make_cfg, mo
     assert _train(make_cfg("old", 7), resume=str(tmp_path / "old.pt"))["divergence"] == {"rollbacks": 0}
 
 
-@pytest.mark.parametrize("policy", ["copy", "average"])
+@pytest.mark.parametrize("policy", ["copy", "average", "standing"])
 def test_ema_buffer_policy_comes_from_the_config(make_cfg, policy):
-    """train.ema_buffers decides whether G_ema's BN statistics are G's (copy) or an average of them."""
+    """train.ema_buffers decides whether G_ema's BN statistics are G's (copy), an average of them, or G_ema's own
+    (standing: re-estimated before the checkpoint is written)."""
     ckpt = _train(make_cfg(f"ema_{policy}", 3, f"train.ema_buffers={policy}", "train.ema_decay=0.9"))
     bn_stats = [k for k in ckpt["G"] if k.endswith("running_mean")]
     assert bn_stats
@@ -231,4 +236,5 @@ def test_resume_takes_optimizer_settings_from_the_config(make_cfg, tmp_path):
     assert group["lr"] == 1e-5 and tuple(group["betas"]) == (0.5, 0.999)
     log = (tmp_path / "runs" / "lr" / "log.txt").read_text()
     assert "optimiser settings from the config, not the checkpoint: " in log
-    assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and "G lr 0.0001 -> 1e-05" in log and "D lr" not in log
+    lr_g = make_cfg("lr", 2).train.lr_g  # the demo config's (5e-05)
+    assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and f"G lr {lr_g} -> 1e-05" in log and "D lr" not in log

@@ -26,35 +26,41 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 SMOKE = ("log.sample_every=2", "fid.every=2")  # over tests/conftest.py's tiny config: grids and FID every 2 steps
 
 
-class FakeFID:
-    """Stand-in for FIDEvaluator: same interface, scores the mean brightness of a few fakes (no Inception weights)."""
+class FakeMetrics:
+    """Stand-in for biggan.fid.suite.MetricSuite: same interface, no Inception weights. FID improves at every
+    evaluation, KID gets worse, so best.pt shows which one ``best_by`` follows."""
 
     name = "fid8_fake"
+    lower_is_better = ["fid8_fake", "kid8_fake"]
     identity = {"extractor": "fake", "ref_stats": "none", "ref_n": 0}
 
-    def __init__(self) -> None:
-        self.calls = 0
+    def __init__(self, best_by: str = "fid") -> None:
+        self.calls, self.best_name = 0, f"{best_by}8_fake"
 
-    def __call__(self, sample_uint8, reduce=None, world_size=1) -> float:
+    def __call__(self, sample_uint8, reduce=None, world_size=1, rank=0) -> dict[str, float]:
         self.calls += 1
         images = sample_uint8(8)
         assert images.dtype == torch.uint8 and images.shape == (8, 3, 32, 32)
-        return 100.0 / self.calls  # improves every time -> a new best.pt each evaluation
+        return {"fid8_fake": 100.0 / self.calls, "kid8_fake": 0.01 * self.calls, "precision8_fake": 0.5}
+
+
+def _run_with(fake: FakeMetrics, cfg) -> int:
+    import biggan.fid.suite as suite
+
+    original = suite.build_metric_suite
+    suite.build_metric_suite = lambda *args, **kwargs: fake
+    try:
+        return loop.run(cfg, Runtime.setup(cfg.runtime), echo=False)
+    finally:
+        suite.build_metric_suite = original
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, tiny_config):
     tmp = tmp_path_factory.mktemp("smoke")
     cfg = tiny_config(tmp, 4, *SMOKE)
-    fake = FakeFID()
-    import biggan.fid.evaluate as fid_evaluate
-
-    original = fid_evaluate.build_fid_evaluator
-    fid_evaluate.build_fid_evaluator = lambda *args, **kwargs: fake
-    try:
-        status = loop.run(cfg, Runtime.setup(cfg.runtime), echo=False)
-    finally:
-        fid_evaluate.build_fid_evaluator = original
+    fake = FakeMetrics()
+    status = _run_with(fake, cfg)
     return cfg, Path(cfg.out_dir) / cfg.name, status, fake
 
 
@@ -80,8 +86,28 @@ def test_fid_hook_metrics_and_best_checkpoint(smoke_run):
     assert fake.calls == 2
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4] and metrics[-1]["fid8_fake"] == 50.0
+    assert metrics[-1]["kid8_fake"] == 0.02 and metrics[-1]["best_by"] == "fid8_fake" and metrics[-1]["best"] == 50.0
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["step"] == 4 and best["best_fid"] == 50.0
+    assert best["best_metrics"] == {"fid8_fake": 50.0, "kid8_fake": 0.01}
+
+
+def test_best_checkpoint_follows_best_by(tmp_path, tiny_config):
+    """fid.best_by=kid: best.pt keeps the step with the lowest KID (step 2 here), although FID kept improving; the
+    best values survive a resume."""
+    cfg = tiny_config(tmp_path, 4, *SMOKE, "fid.best_by=kid")
+    assert _run_with(FakeMetrics("kid"), cfg) == 0
+    run_dir = Path(cfg.out_dir) / cfg.name
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert best["step"] == 2 and best["best_metrics"] == {"fid8_fake": 100.0, "kid8_fake": 0.01}
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert latest["best_fid"] == 50.0 and latest["best_metrics"] == {"fid8_fake": 50.0, "kid8_fake": 0.01}
+    log = (run_dir / "log.txt").read_text()
+    assert "fid8_fake 50  kid8_fake 0.02  precision8_fake 0.5 at step 4 (best kid8_fake 0.01)" in log
+    again = FakeMetrics("kid")
+    again.calls = 5  # KID 0.06 at the next evaluation: worse than the saved best, so best.pt stays at step 2
+    assert _run_with(again, tiny_config(tmp_path, 6, *SMOKE, "fid.best_by=kid")) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["step"] == 2
 
 
 def test_checkpoint_contents(smoke_run, tiny_config):

@@ -118,6 +118,14 @@ def test_smyrf_attention_on_xla_matches_cpu(results: dict) -> None:
     assert smyrf["recompiles_for_new_values"] == 0  # static shapes: new data and new clusters reuse the program
 
 
+@pytest.mark.parametrize("mode", ["single", "spmd"])
+def test_diffaugment_on_xla_matches_cpu_and_stays_on_device(results: dict, mode: str) -> None:
+    augment = results[mode]["augment"]
+    assert augment["max_abs_diff"] < 1e-5  # the same host draws give the same images and input gradients
+    assert augment["recompiles_for_new_values"] == 0  # static shapes: new shifts and squares reuse the program
+    assert augment["cpu_fallback_ops"] == [] and augment["host_reads"] == 0
+
+
 def test_training_steps_on_xla_match_cpu_eager(results: dict) -> None:
     single = results["single"]
     assert single["device"].startswith("xla")

@@ -1,4 +1,5 @@
-"""Standard FID: pytorch-fid's InceptionV3 with local TF-Inception (2015-12-05) weights, float64 streaming stats.
+"""Standard FID: pytorch-fid's InceptionV3 with local TF-Inception (2015-12-05) weights, float64 streaming stats;
+KID and precision/recall from the same features (:mod:`biggan.fid.suite`).
 
 Images enter as uint8 ``(B, 3, h, w)`` (B batch, h×w size); features leave as float64 ``(B, dims)``.
 """
@@ -17,6 +18,7 @@ from biggan.fid.evaluate import (
 )
 from biggan.fid.extractor import FIDExtractor, load_extractor
 from biggan.fid.stats import FeatureStats, RefStats, frechet_distance, load_stats, save_stats
+from biggan.fid.suite import MetricSuite, build_metric_suite
 from biggan.fid.weights import WEIGHTS_FILENAME, default_weights_path
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "frechet_distance",
     "load_stats",
     "save_stats",
+    "MetricSuite",
+    "build_metric_suite",
     "WEIGHTS_FILENAME",
     "default_weights_path",
 ]

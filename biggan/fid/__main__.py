@@ -1,7 +1,8 @@
 """FID from the command line, with local weights only.
 
     python -m biggan.fid A B                  FID between A and B (each an image folder or a statistics .npz)
-    python -m biggan.fid stats SRC OUT.npz    save the statistics of an image folder (pytorch-fid compatible)
+    python -m biggan.fid stats SRC OUT.npz    save the statistics of an image folder (pytorch-fid compatible), and
+                                              OUT.features.npz, the KID/PR reference features of up to 10k of them
     python -m biggan.fid install-weights      write the weights file pytorch-fid and we read (see biggan.fid.install)
 
 Images are read as PNG/JPEG files are (uint8 RGB, no resize but the extractor's bilinear 299), so the value equals
@@ -15,12 +16,20 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from biggan.errors import DataError, cli_main
 from biggan.fid.config import ALLOWED_DIMS
 from biggan.fid.evaluate import stats_of_batches
 from biggan.fid.extractor import FIDExtractor, load_extractor
+from biggan.fid.reference_features import (
+    FeatureTap,
+    KeepRows,
+    reference_features_path,
+    save_features,
+    subset_indices,
+)
 from biggan.fid.stats import FeatureStats, frechet_distance, load_stats, save_stats
 from biggan.images import decode_rgb, list_image_files, to_chw
 
@@ -80,10 +89,26 @@ def _stats(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m biggan.fid stats", description="save FID statistics of a folder")
     parser.add_argument("src", type=Path, help="image folder")
     parser.add_argument("out", type=Path, help="output .npz (mu, sigma, n, dims, extractor)")
+    parser.add_argument("--ref-features", type=int, default=10000,
+                        help="also write OUT.features.npz, the KID/PR reference features of this many images (a fixed "
+                             "random subset, all if fewer; 0: none); default 10000")
     _common(parser)
     args = parser.parse_args(argv)
+    if args.ref_features < 0:
+        parser.error("--ref-features must be >= 0")
     extractor = load_extractor(args.weights, args.device, args.dims)
-    print(f"wrote {save_stats(args.out, _folder_stats(args.src, extractor, args.batch_size), extractor.identity)}")
+    files = list_image_files(args.src)
+    indices = subset_indices(len(files), args.ref_features)
+    mask = np.zeros(len(files), dtype=bool)
+    mask[indices] = True
+    keep = KeepRows(mask)
+    tap = FeatureTap(extractor, keep) if args.ref_features else extractor
+    stats = stats_of_batches(_folder_batches(files, args.batch_size), tap, total=len(files), desc=str(args.src))
+    print(f"wrote {save_stats(args.out, stats, extractor.identity)}")
+    if args.ref_features:
+        features = save_features(reference_features_path(args.out), keep.features(), indices, len(files),
+                                 extractor.identity)
+        print(f"wrote {features}")
     return 0
 
 

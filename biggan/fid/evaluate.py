@@ -155,12 +155,14 @@ class FIDEvaluator:
 
 
 def build_fid_evaluator(cfg: FIDConfig, dataset: ImageArray | None, device: torch.device | str,
-                        compute_missing: bool = True) -> FIDEvaluator:
-    """Load the extractor (WeightsError if absent) and the reference: ``cfg.ref_stats`` or the dataset's own.
+                        compute_missing: bool = True, extractor: FIDExtractor | None = None) -> FIDEvaluator:
+    """Load the extractor (WeightsError if absent; or take ``extractor``, loaded by the caller from the same config)
+    and the reference: ``cfg.ref_stats`` or the dataset's own.
 
     With ``compute_missing`` (main process), the dataset's reference statistics are computed if absent or stale.
     """
-    extractor = load_extractor(cfg.weights_path or None, device, cfg.dims)
+    if extractor is None:
+        extractor = load_extractor(cfg.weights_path or None, device, cfg.dims)
     if cfg.ref_stats:
         path = Path(cfg.ref_stats)
     elif dataset is None:

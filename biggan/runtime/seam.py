@@ -125,6 +125,16 @@ class Runtime:
         """Images this process loads per step: one device's batch times the devices it feeds."""
         return per_device_batch * (self.num_devices // self.world_size)
 
+    def host_rows(self, device_rows: int) -> int:
+        """Rows of a device batch of ``device_rows`` that this process draws on its host before :meth:`shard_batch`.
+
+        All of them, except under multi-host SPMD, where device tensors are global and each host feeds its part (as for
+        z): per-image randomness drawn on the host (augmentation parameters) then matches the batch it goes with.
+        """
+        if self._mesh is not None and self.world_size > 1:
+            return device_rows // self.world_size
+        return device_rows
+
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Move to the device; under several processes add cross-replica BN (if asked) and wrap in DDP.
 
@@ -199,6 +209,12 @@ class Runtime:
         """How many processes each compute a share of an evaluation (FID fakes) whose sums :meth:`reduce_sum_` adds:
         every DDP process; one under SPMD (the program is already global) and on one process."""
         return self.world_size if self._distributed() else 1
+
+    @property
+    def metric_device(self) -> torch.device:
+        """Where an evaluation's float64 arithmetic runs (KID kernels, precision/recall distances): this process's GPU
+        on cuda; the host elsewhere (XLA devices have no fast float64)."""
+        return self.device if self.kind == "cuda" else torch.device("cpu")
 
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over :attr:`metric_shards` processes in place (FID feature sums); a no-op for one shard."""

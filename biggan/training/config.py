@@ -20,6 +20,7 @@ from biggan.errors import ConfigError
 from biggan.fid.config import FIDConfig
 from biggan.models import ModelConfig, build_discriminator, build_generator, count_parameters, describe_attention
 from biggan.runtime.config import RuntimeConfig
+from biggan.training.augment import OPS
 
 __all__ = ["TrainConfig", "LogConfig", "Config", "load_config", "dump_config", "describe_run"]
 
@@ -41,8 +42,9 @@ class TrainConfig(Section):
     adam_eps: float = number(1e-6, gt=0)  # BigGAN launch scripts use 1e-6 (parser default 1e-8)
     ema_decay: float = number(0.9999, ge=0, lt=1)  # G_ema <- decay * G_ema + (1 - decay) * G, per G step
     ema_start: int = number(0, ge=0)  # before this step G_ema is a copy of G (decay 0)
-    ema_buffers: Literal["copy", "average"] = "copy"  # G_ema's BN running stats and SN u/sv: copied from G
-    # (stylegan2-ada) or averaged like the weights (BigGAN-PyTorch lerps the whole state_dict)
+    ema_buffers: Literal["copy", "average", "standing"] = "copy"  # G_ema's BN running stats and SN u/sv: copied
+    # from G (stylegan2-ada), averaged like the weights (BigGAN-PyTorch lerps the whole state_dict), or copied and BN
+    # re-estimated from G_ema's own activations before each grid, FID and checkpoint (BigGAN's standing statistics)
     ortho_reg: float = number(0.0, ge=0)  # beta of BigGAN's modified orthogonal regulariser on G (0 = off, as released)
     ckpt_every: int = number(1000, ge=1)  # full training-state checkpoint every this many steps (and at the end / on
     # preemption)
@@ -50,11 +52,21 @@ class TrainConfig(Section):
     preempt_grace_seconds: float = number(25.0, gt=0)  # after SIGTERM/SIGINT: finish the step, checkpoint, exit 0 in time
     max_rollbacks: int = number(3, ge=0)  # non-finite loss/grad at a tick: reload the last good checkpoint at most this
     # often, then stop
+    augment: Literal["none", "diffaugment"] = "none"  # DiffAugment: D sees augmented reals and fakes, in the D and
+    # the G step (biggan/training/augment.py)
+    augment_policy: list[Literal["color", "translation", "cutout"]] = field(default_factory=lambda: list(OPS))
+    # DiffAugment's ops in the order applied (the paper's full policy by default); only with augment: diffaugment
 
     def check(self, where: str) -> None:
         if self.batch_size % self.accumulate:
             raise ConfigError(f"{where}.batch_size ({self.batch_size}) must be divisible by {where}.accumulate "
                               f"({self.accumulate})")
+        if not self.augment_policy or len(set(self.augment_policy)) != len(self.augment_policy):
+            raise ConfigError(f"{where}.augment_policy must list distinct ops from {list(OPS)}, "
+                              f"got {self.augment_policy}")
+        if self.augment == "none" and self.augment_policy != list(OPS):
+            raise ConfigError(f"{where}.augment_policy is set but {where}.augment is none, so it would do nothing; "
+                              f"set {where}.augment=diffaugment or drop {where}.augment_policy")
 
 
 @dataclass

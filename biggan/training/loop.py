@@ -40,6 +40,7 @@ from biggan.models import attention_gammas, orthogonal_regularization, spectral_
 from biggan.runtime import Runtime
 from biggan.training.attention_probe import AttentionProbe
 from biggan.training.config import Config, dump_config
+from biggan.training.augment import DiffAugment
 from biggan.training.divergence import FiniteMonitor
 from biggan.training.logging import RunLogger, format_status
 from biggan.training.losses import LOSSES
@@ -52,6 +53,8 @@ from biggan.training.steps import StepContext, d_step, g_step
 __all__ = ["run"]
 
 _FID_SEED = 2**31 - 1  # FID fakes use their own generator: same z at every evaluation, training RNG untouched
+_STANDING_SEED = 2**31 - 2  # z of G_ema's standing BN statistics (ema_buffers: standing): fixed, training RNG untouched
+_STANDING_BATCHES = 16  # batches of train.batch_size averaged into them (BigGAN-PyTorch's num_standing_accumulations)
 
 
 class _Accumulator:
@@ -96,6 +99,8 @@ class _Trainer:
         self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate)
         n_classes = class_count(cfg.model)
         self.fixed_z, self.fixed_y, self.grid_nrow = self._grid_latents(n_classes)
+        self.augment = None if cfg.train.augment == "none" else DiffAugment(
+            cfg.train.augment_policy, self.state.augment_rng, place=runtime.shard_batch, host_rows=runtime.host_rows)
         self.fid: Any = None
         # Rank 0 writes the demo dataset and FID reference statistics (if missing) while the others wait, then they
         # read what it wrote; two processes writing the same files would race.
@@ -106,9 +111,10 @@ class _Trainer:
         self.label_table = None if labels is None else torch.from_numpy(labels.labels)  # (N,) int64
         self.state.attach_data(dataset, labels)
         if cfg.fid.every:
-            from biggan.fid.evaluate import build_fid_evaluator
+            from biggan.fid.suite import build_metric_suite
 
-            self.fid = build_fid_evaluator(cfg.fid, dataset, runtime.device, compute_missing=runtime.is_main)
+            self.fid = build_metric_suite(cfg.fid, dataset, runtime.device, compute_missing=runtime.is_main,
+                                          metric_device=runtime.metric_device)
         if runtime.is_main:
             runtime.barrier()
         self.global_batch = cfg.train.batch_size * runtime.num_devices
@@ -128,6 +134,9 @@ class _Trainer:
         columns = max(1, num // len(classes))
         z, y = class_grid(latents_for_seeds(list(range(columns)), dim_z), classes)  # (rows·columns, dim_z), (…,)
         return z, y, columns
+
+    def _shard_labels(self, y: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if y is None else self.runtime.shard_batch(y)
 
     def _fake_labels(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
         """Labels for n fakes with the data's class frequencies (labels of uniformly drawn training images)."""
@@ -224,6 +233,8 @@ class _Trainer:
                 tick_start, tick_step, maintenance = time.perf_counter(), st.step, 0.0
                 continue
             stopping = stopping or preempted
+            if due["samples"] or due["fid"] or due["ckpt"] or stopping:
+                self._standing_statistics()
             if due["samples"] or stopping:
                 self._samples(step)
             best = self._evaluate(step) if due["fid"] else False
@@ -246,15 +257,16 @@ class _Trainer:
             x_real, y_real = self._real_batch()  # (B, 3, h, w), (B,) or None
             z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z), host RNG: identical on any device
             # The fakes take the real batch's labels: the D step's fake classes follow the data exactly.
-            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, y=y_real, loss=self.loss_d, ctx=self.step_ctx)
+            out = d_step(st.G_, st.D, st.opt_D, x_real=x_real, z=z, y=y_real, loss=self.loss_d, ctx=self.step_ctx,
+                         augment=self.augment)
             acc.add(out)
             monitor.update(*out.values())
             rt.mark_step()
         z = rt.shard_batch(torch.randn(batch, cfg.model.dim_z))  # (B, dim_z)
-        y = self._fake_labels(batch)  # (B,) or None; drawn after z, so z is the same stream as unconditional
-        y = None if y is None else rt.shard_batch(y)
+        y = self._shard_labels(self._fake_labels(batch))  # (B,) or None; drawn after z: z is the unconditional stream
         regularize = self._ortho_reg if cfg.train.ortho_reg > 0 else None
-        out = g_step(st.G, st.D_, st.opt_G, z=z, y=y, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize)
+        out = g_step(st.G, st.D_, st.opt_G, z=z, y=y, loss=self.loss_g, ctx=self.step_ctx, regularize=regularize,
+                     augment=self.augment)
         acc.add(out)
         monitor.update(*out.values())
         st.step += 1
@@ -323,6 +335,19 @@ class _Trainer:
             "memory/peak_gib": peak / 2**30,
         }
 
+    def _standing_statistics(self) -> None:
+        """``train.ema_buffers: standing``: G_ema's BN statistics from its own activations on fixed z, before the tick
+        uses G_ema (grids, FID, checkpoint). Every process computes the same values; no host read."""
+        if self.cfg.train.ema_buffers != "standing":
+            return
+        rt, gen = self.runtime, torch.Generator().manual_seed(_STANDING_SEED)
+        batch = rt.local_batch_size(self.cfg.train.batch_size)
+        latents = ((rt.shard_batch(torch.randn(batch, self.cfg.model.dim_z, generator=gen)),  # (B, dim_z)
+                    self._shard_labels(self._fake_labels(batch, gen)))  # (B,) or None: the data's class frequencies
+                   for _ in range(_STANDING_BATCHES))
+        self.state.ema.standing_statistics(latents)
+        rt.mark_step()
+
     def _samples(self, step: int) -> None:
         """Fixed-z grids of G_ema and G (eval mode), as PNG files and TensorBoard images."""
         if not self.runtime.is_main:
@@ -334,7 +359,8 @@ class _Trainer:
             self.log.image(f"samples/{tag}", grid, step)
 
     def _evaluate(self, step: int) -> bool:
-        """FID of G_ema (eval mode, fixed SMYRF seeds, the same fakes' z every time); True if it is a new best."""
+        """FID (and KID, precision/recall from the same features) of G_ema (eval mode, fixed SMYRF seeds, the same
+        fakes' z every time); True if the ``fid.best_by`` metric is at a new best."""
         rt, st = self.runtime, self.state
         gen = torch.Generator().manual_seed(_FID_SEED + rt.rank)
         dim_z, device = self.cfg.model.dim_z, rt.device
@@ -344,15 +370,18 @@ class _Trainer:
             return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen)))  # all classes
 
         start = time.perf_counter()
-        value = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards)
-        best = st.best_fid is None or value < st.best_fid
-        if best:
-            st.best_fid = value
-        record = {self.fid.name: value, "best": st.best_fid, "seconds": time.perf_counter() - start,
+        values = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards, rank=rt.rank)
+        fid, key = values[self.fid.name], self.fid.best_name
+        st.best_fid = fid if st.best_fid is None else min(st.best_fid, fid)
+        best = key not in st.best_metrics or values[key] < st.best_metrics[key]
+        for name in self.fid.lower_is_better:
+            st.best_metrics[name] = min(st.best_metrics.get(name, values[name]), values[name])
+        record = {**values, "best": st.best_metrics[key], "best_by": key, "seconds": time.perf_counter() - start,
                   "images_seen": st.images_seen, "network": "G_ema", "bn_mode": "eval", **self.fid.identity,
                   **({"fake_labels": "data class frequencies"} if self.label_table is not None else {})}
         self.log.metric(step, record)
-        self.log.line(f"{self.fid.name} {value:.2f} at step {step} (best {st.best_fid:.2f})")
+        shown = "  ".join(f"{name} {value:.4g}" for name, value in values.items())
+        self.log.line(f"{shown} at step {step} (best {key} {st.best_metrics[key]:.4g})")
         return best
 
     def _checkpoint(self, step: int, best: bool) -> None:

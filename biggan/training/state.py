@@ -7,6 +7,10 @@ training checkpoint, which is a generator checkpoint (:data:`biggan.generation.c
 - ``images_seen``, ``best_fid``; ``D``; ``opt_G``, ``opt_D`` (:class:`LeanAdam` states: no ``exp_avg`` at beta1 = 0);
 - ``rng`` (every host RNG of the main process), ``attention_rng`` (its SMYRF layer generators), ``data`` (the batch
   stream's position);
+- optional ``best_metrics`` (the best value of each lower-is-better metric by its logged name, e.g. ``fid10k``,
+  ``kid10k``: what ``fid.best_by`` compares; absent in older files, read as ``{fid name: best_fid}``);
+- optional ``augment_rng`` (the main process's DiffAugment generator state; absent in older files, where a resumed
+  run seeds it from the step);
 - optional ``divergence`` (the rollback count; absent in older files, read as 0) and, from multi-process runs,
   ``process_rng`` (every rank's ``rng`` + ``attention_rng``, so each rank resumes its own streams when the number of
   processes is the same; otherwise ranks >= 1 start fresh streams from the step);
@@ -62,6 +66,14 @@ def _stream_seed(seed: int, rank: int) -> int:
     return seed * 1_000_003 + rank + 1
 
 
+_AUGMENT_STREAM = 1 << 48  # offsets the augmentation generator's seed: never the same mt19937 stream as z's
+
+
+def _augment_generator(seed: int, rank: int) -> torch.Generator:
+    """This process's DiffAugment parameter generator (its own stream, so augmentation never shifts z)."""
+    return torch.Generator().manual_seed(_stream_seed(seed, rank) + _AUGMENT_STREAM)
+
+
 class TrainingState:
     """G, D (possibly DDP-wrapped), G_ema, optimisers and the data stream, plus progress counters."""
 
@@ -79,9 +91,11 @@ class TrainingState:
         self.step = 0  # completed G steps
         self.images_seen = 0  # real images shown to D, over all processes
         self.best_fid: Optional[float] = None
+        self.best_metrics: dict[str, float] = {}  # best value per logged metric name (fid10k, kid10k); picks best.pt
         self.guard = DivergenceGuard(cfg.train.max_rollbacks)  # its count is checkpointed and seeds rollback retries
         self.class_names: Optional[list[str]] = None  # set by attach_data for a class-conditional run
         self.init_from: Optional[dict[str, str]] = None  # a fine-tuning run's pretrained file (path, sha256)
+        self.augment_rng = _augment_generator(cfg.seed, runtime.rank)  # DiffAugment's draws (unused when it is off)
         self._decorrelate_processes(runtime.rank, salt=0)
 
     def attach_data(self, dataset: ImageSource, labels: Optional[ClassLabels] = None) -> None:
@@ -100,6 +114,7 @@ class TrainingState:
         """Another data order and another z stream from here on (the divergence guard's retry after a rollback)."""
         self.stream = self.stream.reseeded(seed)
         seed_everything(_stream_seed(seed, self.runtime.rank))
+        self.augment_rng.set_state(_augment_generator(seed, self.runtime.rank).get_state())
 
     def _adam_settings(self, net: str) -> dict[str, Any]:
         train = self.cfg.train
@@ -142,6 +157,7 @@ class TrainingState:
                 seed_everything(_stream_seed(self.cfg.seed, rank))
             return  # rank 0 keeps the model's own SMYRF seeds (and on resume its restored generators)
         seed_everything(_stream_seed(self.cfg.seed + salt, rank))
+        self.augment_rng.set_state(_augment_generator(self.cfg.seed + salt, rank).get_state())
         for net in (self.G_, self.D_):
             states = attention_rng_state(net)
             fresh = {
@@ -151,15 +167,22 @@ class TrainingState:
             load_attention_rng_state(net, fresh)
 
     def process_rng_state(self) -> dict[str, Any]:
-        """This process's own random state: host RNGs (z) and SMYRF layer generators. Gathered from every rank into
-        checkpoints, so that a multi-process run resumes bit-identically on the same number of processes."""
+        """This process's own random state: host RNGs (z), SMYRF layer generators and the augmentation generator.
+        Gathered from every rank into checkpoints, so that a multi-process run resumes bit-identically on the same
+        number of processes."""
         return {"rng": get_rng_state(), "attention_rng": {"G": attention_rng_state(self.G_),
-                                                           "D": attention_rng_state(self.D_)}}
+                                                           "D": attention_rng_state(self.D_)},
+                "augment_rng": self.augment_rng.get_state()}
 
     def _load_process_rng_state(self, state: dict[str, Any]) -> None:
         set_rng_state(state["rng"])
         load_attention_rng_state(self.G_, state["attention_rng"]["G"])
         load_attention_rng_state(self.D_, state["attention_rng"]["D"])
+        if "augment_rng" in state:
+            self.augment_rng.set_state(state["augment_rng"])
+        else:  # a checkpoint from before augmentation existed: a stream of its own from this step on
+            fresh = _augment_generator(self.cfg.seed + int(self.step), self.runtime.rank)
+            self.augment_rng.set_state(fresh.get_state())
 
     # -- checkpoint dict --------------------------------------------------------------------------------------------
 
@@ -179,13 +202,14 @@ class TrainingState:
             "step": self.step,
             "images_seen": self.images_seen,
             "best_fid": self.best_fid,
+            "best_metrics": dict(self.best_metrics),
             "G": host(self.G_.state_dict()),
             "D": host(self.D_.state_dict()),
             "G_ema": host(self.ema.state_dict()),
             "opt_G": host(self.opt_G.state_dict()),
             "opt_D": host(self.opt_D.state_dict()),
             "data": self.stream.state_dict(),
-            **own,  # "rng" and "attention_rng"
+            **own,  # "rng", "attention_rng" and "augment_rng"
             "divergence": self.guard.state_dict(),
             **extra,
             **({"class_names": self.class_names} if self.class_names is not None else {}),
@@ -211,6 +235,8 @@ class TrainingState:
         self.opt_D.load_state_dict(state["opt_D"])
         changed = self._apply_adam_settings()
         self.step, self.images_seen, self.best_fid = int(state["step"]), int(state["images_seen"]), state["best_fid"]
+        legacy = {} if self.best_fid is None else {self.cfg.fid.name: self.best_fid}  # written before best_metrics
+        self.best_metrics = dict(state.get("best_metrics", legacy))
         if "divergence" in state:  # absent in checkpoints written before the count was saved
             self.guard.load_state_dict(state["divergence"])
         self.init_from = state.get("init_from")

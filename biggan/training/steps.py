@@ -8,6 +8,8 @@ BigGAN details kept here:
 - D sees ``cat(x_fake, x_real)`` in one forward (one BN/SN pass over both halves), with G under ``no_grad``.
 - Fresh z for every D step and for the G step (the caller draws it).
 - ``requires_grad`` is switched off for the network that is not being trained, so no gradient is computed for it.
+- ``augment`` (DiffAugment, :mod:`biggan.training.augment`): D sees ``augment(x)`` for fakes and reals in the D step
+  (each half drawn separately, same policy) and for the fakes in the G step, whose gradient flows through it.
 - Gradient accumulation splits the batch into ``accumulate`` micro-batches, each loss scaled by ``1/accumulate``.
 - Under bf16 autocast the logits are cast to fp32 before the loss; SN power iteration and SMYRF hashing keep fp32
   inside the model layers.
@@ -72,6 +74,7 @@ def d_step(
     y: Optional[Tensor] = None,
     loss: Callable[[Tensor, Tensor], DLoss],
     ctx: StepContext,
+    augment: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """One D update on reals ``x_real`` (B, 3, h, w) and fakes G(z, y); returns detached D statistics.
 
@@ -82,6 +85,7 @@ def d_step(
         z: fresh latents (B, dim_z); y: labels (B,), or None when unconditional.
         loss: a D loss from :mod:`biggan.training.losses`.
         ctx: the run's optimiser step, autocast and accumulation.
+        augment: differentiable augmentation applied to the fakes and to the reals before D (None: none).
     """
     set_requires_grad(G, False)
     set_requires_grad(D, True)
@@ -91,9 +95,12 @@ def d_step(
     for x_mb, z_mb, y_mb in zip(x_real.chunk(accumulate), z.chunk(accumulate), _chunks(y, accumulate)):
         with torch.no_grad(), ctx.autocast():
             x_fake = G(z_mb, y_mb)
+        x_fake = x_fake.to(x_mb.dtype)
+        if augment is not None:
+            x_fake, x_mb = augment(x_fake), augment(x_mb)  # same policy, each image its own draw
         y_both = None if y_mb is None else torch.cat([y_mb, y_mb])
         with ctx.autocast():
-            logits = D(torch.cat([x_fake.to(x_mb.dtype), x_mb]), y_both)  # (2B,)
+            logits = D(torch.cat([x_fake, x_mb]), y_both)  # (2B,)
         d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
         terms = loss(d_real, d_fake)
         (terms.total / accumulate).backward()
@@ -119,6 +126,7 @@ def g_step(
     loss: Callable[[Tensor], Tensor],
     ctx: StepContext,
     regularize: Optional[Callable[[], Tensor]] = None,
+    augment: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> dict[str, Tensor]:
     """One G update through a frozen D; returns detached G statistics.
 
@@ -132,6 +140,7 @@ def g_step(
         ctx: as in :func:`d_step`.
         regularize: returns an extra loss on G's weights (orthogonal regularisation), added once per update to the
             first micro-batch's loss, so its gradient flows through the same backward (and the same DDP reducer).
+        augment: the D step's augmentation, applied to the fakes before D; G's gradient flows through it.
     """
     set_requires_grad(G, True)
     set_requires_grad(D, False)
@@ -141,6 +150,8 @@ def g_step(
     for index, (z_mb, y_mb) in enumerate(zip(z.chunk(accumulate), _chunks(y, accumulate))):
         with ctx.autocast():
             x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
+            if augment is not None:
+                x_fake = augment(x_fake)
             d_fake = D(x_fake, y_mb)  # (B,)
         g_loss = loss(d_fake.float())
         total = g_loss / accumulate

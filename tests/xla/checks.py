@@ -3,10 +3,11 @@
     checks.py single --out DIR --cpu-ckpt FILE   # one XLA device (run with CPU_NUM_DEVICES=1)
     checks.py spmd   --out DIR                   # SPMD data parallel (run with CPU_NUM_DEVICES=2)
 
-``single``: SMYRF attention on XLA against CPU (values, gradients, no recompilation for new values); a few BigGAN
-D+G steps with SMYRF in G on XLA against the same steps in CPU eager mode; compile and step times; a checkpoint
-written from XLA (for the test to load on CPU) and the CPU-written ``--cpu-ckpt`` loaded onto XLA. ``spmd``: the same
-training steps with the global batch sharded over the devices. Results go to ``DIR/<mode>.json`` (+ files).
+``single``: SMYRF attention and DiffAugment on XLA against CPU (values, gradients, no recompilation for new values, no
+host reads); a few BigGAN D+G steps with SMYRF in G on XLA against the same steps in CPU eager mode; compile and step
+times; a checkpoint written from XLA (for the test to load on CPU) and the CPU-written ``--cpu-ckpt`` loaded onto XLA.
+``spmd``: the same training steps and DiffAugment with the global batch sharded over the devices. Results go to
+``DIR/<mode>.json`` (+ files).
 
 Shape legend: B batch, C channels, h×w spatial size; Nq, Nk queries/keys; d key dim; dv value dim.
 """
@@ -110,6 +111,37 @@ def check_smyrf(rt: Runtime) -> dict[str, Any]:
     }
 
 
+def check_augment(rt: Runtime) -> dict[str, Any]:
+    """DiffAugment on XLA (placed like a batch: sharded under SPMD) equals CPU for the same generator seed, values and
+    input gradients; new draws reuse the compiled program; no op falls back to the host and nothing is read back."""
+    import torch_xla.debug.metrics as met
+
+    from biggan.training.augment import OPS, DiffAugment
+
+    def run(device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(GLOBAL_BATCH, 3, RES, RES, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        on_xla = device.type == "xla"
+        x = (rt.shard_batch(x) if on_xla else x).requires_grad_()  # (B, 3, h, w)
+        augment = DiffAugment(OPS, torch.Generator().manual_seed(seed), place=rt.shard_batch if on_xla else None,
+                              host_rows=rt.host_rows)
+        out = augment(x)
+        (out * out).sum().backward()
+        if on_xla:
+            rt.mark_step()
+        return out.detach(), x.grad.detach()
+
+    met.clear_counters()
+    transfers = transfers_to_host()
+    xla = run(rt.device, 0)
+    compiles = num_compiles()
+    xla_again = run(rt.device, 1)  # new images and new draws, same shapes
+    result = {"recompiles_for_new_values": num_compiles() - compiles,
+              "host_reads": transfers_to_host() - transfers, "cpu_fallback_ops": cpu_fallback_ops()}
+    cpu = run(torch.device("cpu"), 0) + run(torch.device("cpu"), 1)
+    result["max_abs_diff"] = max(float((a.cpu() - b).abs().max()) for a, b in zip(xla + xla_again, cpu))
+    return result
+
+
 def train(rt: Runtime, steps: int = STEPS) -> dict[str, Any]:
     """``steps`` D+G steps on a fixed global batch stream; per-step losses, step times, final states."""
     torch.manual_seed(0)
@@ -161,7 +193,7 @@ def eval_sample(G: torch.nn.Module, device: torch.device, z: torch.Tensor) -> to
 
 def single(out: Path, cpu_ckpt: Path) -> dict[str, Any]:
     rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=False))
-    result: dict[str, Any] = {"device": str(rt.device), "smyrf": check_smyrf(rt)}
+    result: dict[str, Any] = {"device": str(rt.device), "smyrf": check_smyrf(rt), "augment": check_augment(rt)}
 
     import torch_xla.debug.metrics as met
 
@@ -204,7 +236,7 @@ def spmd(out: Path) -> dict[str, Any]:
                               "local_batch": rt.local_batch_size(GLOBAL_BATCH // rt.num_devices),
                               "batch_sharding": torch_xla._XLAC._get_xla_sharding_spec(x)}
     run = train(rt, steps=2)  # the compiled steps are what SPMD must get right; step 3 would repeat step 2's graph
-    result.update(losses=run["losses"], seconds=run["seconds"])
+    result.update(losses=run["losses"], seconds=run["seconds"], augment=check_augment(rt))
     return result
 
 
