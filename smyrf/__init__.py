@@ -12,6 +12,10 @@ Public API:
 - ``cluster_summaries`` and ``merge_softmax`` (``summary="mean"|"taylor"``: one summary per missed cluster)
 - ``check_cluster_sizes(Nq, Nk, cq, ck)``: the one validation of cluster sizes, for layers built on SMYRF
 
+Modules: ``functional`` (the steps, ``smyrf_attention``), ``hashing`` (lift, projections, clusters), ``fused`` (the
+memory-lean autograd path), ``kernels`` (attention inside clusters: math oracle, CPU/CUDA flash, CUDA memory-efficient,
+flex), ``kernel_choice`` (which kernel "auto" runs), ``routing`` (the gathers: flat, or batch-preserving for SPMD).
+
 Shape legend: B rows (leading dims flattened); Nq, Nk queries/keys; d, dv query/key and value dims; H hash rounds;
 nc clusters per round; cq, ck cluster sizes; ``s_`` prefix = sorted (clustered) order of one round.
 """

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from smyrf.functional import Hashing, smyrf_attention
-from smyrf.fused import Kernel
+from smyrf.kernel_choice import Kernel
 from smyrf.hashing import check_cluster_sizes
 from smyrf.summary import Summary
 

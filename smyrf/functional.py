@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from smyrf.fused import Kernel, resolve_kernel, smyrf_fused
+from smyrf.fused import smyrf_fused
 from smyrf.hashing import (
     asymmetric_transform,
     balanced_clusters,
@@ -33,6 +33,7 @@ from smyrf.hashing import (
     hash_rounds,
     kdtree_levels,
 )
+from smyrf.kernel_choice import Kernel, choose_kernel
 from smyrf.summary import SUMMARIES, Summary, cluster_summaries, merge_softmax
 
 __all__ = ["attend_in_clusters", "unsort", "combine_rounds", "smyrf_attention"]
@@ -140,7 +141,7 @@ def _attend(
     if summary != "none" and n_clusters > 1:  # nc = 1: nothing was missed, the result is exact already
         extra = cluster_summaries(q, k, v, perm_q, perm_k, n_clusters, scale, summary)  # (B, Nq, dv), (B, Nq)
     if impl == "fused":
-        kernel_name = resolve_kernel(kernel, q.device, q.dtype, k.shape[1] // n_clusters)
+        kernel_name = choose_kernel(kernel, q, k, v, perm_q, perm_k, n_clusters, scale)
         return smyrf_fused(q, k, v, perm_q, perm_k, n_clusters, scale, kernel_name, extra=extra)  # (B, Nq, dv)
     s_out, s_lse = attend_in_clusters(q, k, v, perm_q, perm_k, n_clusters=n_clusters, scale=scale)
     out_rounds, lse_rounds = unsort(s_out, s_lse, perm_q)  # (H, B, Nq, dv), (H, B, Nq)
@@ -188,8 +189,10 @@ def smyrf_attention(
         impl: "fused" (default) processes rounds one at a time and recomputes in backward, storing only q, k, v,
             the permutations, the output and one logsumexp per query; it is not twice differentiable.
             "reference" chains the pure steps with plain autograd (all rounds at once, more memory).
-        kernel: attention inside clusters for ``impl="fused"``: "auto" (PyTorch's fused CPU flash kernel on CPU
-            when ck >= 256, matmul + softmax otherwise and on other devices), "flash" or "math".
+        kernel: attention inside clusters for ``impl="fused"`` (``smyrf.kernels``): "auto" (``smyrf.kernel_choice``:
+            on CPU the fused CPU flash kernel when ck >= 256, else math; on CUDA the fastest fused kernel that agrees
+            with math, measured once per shape; math elsewhere), "math" (the exact oracle), "flash", "efficient"
+            (CUDA) or "flex". Every kernel keeps scores, logsumexp and exp in fp32 for bf16 inputs.
         summary: "none" (the paper's: a query attends only its clusters), "mean" or "taylor": it also attends one
             summary (log-count-biased mean key; mean value, or mean value plus a damped first-order correction) of
             every cluster of round 0 it missed (``smyrf.summary``). Costs nc - 1 logits per query; exact when

@@ -28,6 +28,7 @@ __all__ = [
     "balanced_clusters",
     "kdtree_levels",
     "check_cluster_sizes",
+    "to_device",
 ]
 
 
@@ -78,8 +79,8 @@ def draw_projections(
 
     The draw uses ``generator`` on its own device (a CPU generator for any input device, as the BigGAN layer does) and
     never the global RNG, so z-sampling streams are untouched. ``generator=None`` seeds a fresh generator from OS
-    entropy: non-reproducible projections, still without touching the global RNG. The matrix is tiny, so drawing on the
-    host and copying it to ``device`` costs nothing measurable.
+    entropy: non-reproducible projections, still without touching the global RNG. The result reaches ``device``
+    without a host sync (:func:`to_device`).
 
     Returns:
         (d+2, H) or (d+2, H, L) tensor on ``device``.
@@ -89,7 +90,49 @@ def draw_projections(
         generator.seed()
     shape = (d + 2, n_hashes) if levels is None else (d + 2, n_hashes, levels)
     proj = torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)  # (d+2, H[, L])
-    return proj.to(device) if device is not None else proj
+    return to_device(proj, device) if device is not None else proj
+
+
+def to_device(x: Tensor, device: torch.device | str) -> Tensor:
+    """A small host tensor on ``device`` without blocking the host.
+
+    CUDA: staged in pinned memory and copied with ``non_blocking=True`` (the caching host allocator keeps the staging
+    buffer until the copy has run), so the host never waits for the GPU; a plain ``.to`` from pageable memory is a
+    full stream sync (3 per BigGAN iteration at the paper config). XLA: ``.to`` uploads device data, an input of the
+    graph (no graph cut, no recompilation for new values). Elsewhere: ``.to``.
+
+    Why a host generator and not a CUDA one: the host stream is one stream on every device, so the checkpointed state
+    of a layer's generator resumes bit-identically on CPU, CUDA and XLA. Its costs: a CUDA graph that captured the copy
+    replays the same staged values (draw the projections outside the captured region), and ``torch.compile`` breaks
+    the graph at the host draw (the attention kernels on either side still compile). A device generator would be
+    capturable but device-specific (its state does not transfer to a CPU or XLA resume).
+    """
+    device = torch.device(device)
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def _project(x: Tensor, projections: Tensor, matmul: bool) -> Tensor:
+    """x (B, N, d+2) . projections (d+2, H[, L]) -> (H, B, N[, L]) in x's dtype, exactly; ``matmul`` on the CPU only.
+
+    Off the CPU as d+2 multiply-adds, not a matmul: with TF32 enabled a CUDA matmul rounds both operands to 10-bit
+    mantissas (and XLA on TPU defaults to bf16 passes), while the hash must stay exact fp32: only its order is used, and
+    near-ties decide clusters. On the CPU a matmul is exact fp32 and one op: the 14 multiply-adds cost 11 % of SMYRF's
+    fwd+bwd at G128@128 on a busy 2-core machine (each small op pays the threads' barrier), the einsum nothing.
+    """
+    if matmul:
+        return torch.einsum("bnd,dh->hbn" if projections.dim() == 2 else "bnd,dhl->hbnl", x, projections)
+    extra = projections.dim() - 2  # 1 for "kdtree" (a level axis), else 0
+    coords = x.movedim(-1, 0).contiguous()  # (d+2, B, N)
+    h = None
+    for c in range(coords.shape[0]):
+        coord = coords[c].view(1, *x.shape[:-1], *([1] * extra))  # (1, B, N[, 1])
+        direction = projections[c].reshape(projections.shape[1], 1, 1, *projections.shape[2:])  # (H, 1, 1[, L])
+        h = coord * direction if h is None else h.addcmul_(coord, direction)
+    return h  # (H, B, N[, L])
 
 
 def hash_rounds(q_lift: Tensor, k_lift: Tensor, projections: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,12 +147,10 @@ def hash_rounds(q_lift: Tensor, k_lift: Tensor, projections: Tensor) -> tuple[Te
     Returns:
         hq (H, B, Nq) and hk (H, B, Nk), or (H, B, Nq, L) and (H, B, Nk, L) for "kdtree".
     """
-    pattern = "bnd,dh->hbn" if projections.dim() == 2 else "bnd,dhl->hbnl"
     with torch.autocast(q_lift.device.type, enabled=False):
-        proj = projections.to(device=q_lift.device, dtype=q_lift.dtype)
-        hq = torch.einsum(pattern, q_lift, proj)  # (H, B, Nq[, L])
-        hk = torch.einsum(pattern, k_lift, proj)  # (H, B, Nk[, L])
-    return hq, hk
+        proj = to_device(projections, q_lift.device).to(q_lift.dtype)
+        matmul = q_lift.device.type == "cpu"
+        return _project(q_lift, proj, matmul), _project(k_lift, proj, matmul)  # (H, B, Nq[, L]), (H, B, Nk[, L])
 
 
 def balanced_clusters(hq: Tensor, hk: Tensor, q_cluster_size: int, k_cluster_size: int) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ overrides on a command line and set ``OMP_NUM_THREADS`` in the child's environme
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,3 +53,28 @@ def tiny_config() -> Callable[..., Config]:
         return load_config(DEMO, tiny_overrides(tmp, steps, *extra))
 
     return make
+
+
+def _load(relative: str):
+    """A helper script of this checkout imported by path (``tests`` is not a package, ``benchmarks`` neither)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def cuda_kernels_on_cpu(monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """SMYRF's CUDA block kernels ("efficient", "cuda_flash") runnable on CPU tensors through exact stand-ins of their
+    aten ops (tests/smyrf_standins.py); returns their names."""
+    standins = _load("tests/smyrf_standins.py")
+    standins.install(monkeypatch)
+    return standins.STANDIN_KERNELS
+
+
+@pytest.fixture(scope="session")
+def smyrf_cuda_check():
+    """benchmarks/smyrf_cuda_check.py: the GPU check, whose accuracy measures (inputs at a given largest logit, worst
+    per-row error) the CPU tests share."""
+    return _load("benchmarks/smyrf_cuda_check.py")

@@ -43,3 +43,13 @@ def test_generator_benchmark_reports_every_case(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     _assert_measured(rows, cases=3)
     assert all(r["rise_bytes"] > 0 for r in rows)
+
+
+def test_smyrf_cuda_check_runs_its_code_paths_on_cpu(tmp_path: Path) -> None:
+    """The GPU check (benchmarks/smyrf_cuda_check.py) in its CPU smoke mode: every stage runs and passes."""
+    out = tmp_path / "smyrf_cuda.json"
+    proc = _run("smyrf_cuda_check.py", "--device", "cpu", "--quick", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["stage"] for r in rows} == {"fp32", "bf16", "syncs", "time"}
+    assert not [r for r in rows if r["ok"] is False], proc.stdout
+    assert any(r["case"] == "smyrf math @30" and r["ok"] for r in rows)

@@ -185,6 +185,31 @@ def test_attention_rng_state_restores_training_projections() -> None:
         load_attention_rng_state(other, {})
 
 
+def test_eval_projections_are_the_eval_seed_draw_made_once() -> None:
+    """Eval mode reuses one draw per device and setting: the values a fresh generator seeded with ``eval_seed`` gives
+    (as every eval forward drew before), without a host draw and copy per forward; training draws advance."""
+    from smyrf import draw_projections
+
+    G = build_generator(tiny(32, g_attn=[smyrf(16)])).eval()
+    layer = G.attention["16"]
+    z = torch.randn(2, G.cfg.dim_z)
+    with torch.no_grad():
+        attention_gammas(G)["attention.16"].fill_(1.0)
+        first, again = G(z), G(z)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    (projections,) = layer._eval_projections.values()
+    d = layer.channels // 8
+    assert torch.equal(projections, draw_projections(d, 2, torch.Generator().manual_seed(layer.eval_seed)))
+    set_attention(G, [AttentionConfig(res=16, kind="smyrf", n_hashes=2, q_cluster_size=32, k_cluster_size=8,
+                                      hashing="kdtree")])
+    with torch.no_grad():
+        G(z)
+    assert sorted(key[2] or 0 for key in layer._eval_projections) == [0, 3]  # kdtree: 8 clusters = 3 levels
+    state = layer.generator.get_state()
+    G.train()(z)
+    assert not torch.equal(layer.generator.get_state(), state)
+
+
 def test_spectral_norm_values_cover_every_sn_layer_but_not_the_shared_embedding() -> None:
     G = build_generator(tiny(32, "class"))
     values = spectral_norm_values(G)

@@ -12,9 +12,12 @@
 ``kind`` (dense | smyrf) changes only how softmax(θφᵀ)g is computed; both kinds have the same parameters and buffers,
 so a checkpoint loads strictly into either, and :meth:`SelfAttention2d.configure` switches kind in place.
 
-SMYRF projections: in eval mode every forward draws them from a fresh CPU generator seeded with the layer's fixed
-``eval_seed`` (samples and FID repeatable); in training they come from the layer's own CPU ``generator``, which advances
-every step and is saved via ``biggan.models.attention_rng_state``.
+SMYRF projections: in eval mode they are drawn once per device and setting from a CPU generator seeded with the
+layer's fixed ``eval_seed`` and reused (samples and FID repeatable, no draw or copy per forward); in training they come
+from the layer's own CPU ``generator``, which advances every step and is saved via
+``biggan.models.attention_rng_state``. Either way they reach the device without a host sync
+(``smyrf.hashing.to_device``: pinned memory and a non-blocking copy on CUDA), and the host stream keeps the checkpointed
+generator state device-independent.
 
 Shape legend: B batch; C channels; h×w spatial; N = h·w; Nq = N queries, Nk = N/4 keys; d = C/8; dv = C/2.
 """
@@ -31,7 +34,7 @@ from torch import nn
 from biggan.errors import ConfigError
 from biggan.models.config import AttentionConfig, ModelConfig
 from biggan.models.spectral_norm import SNConv2d
-from smyrf import check_cluster_sizes, dense_attention, smyrf_attention
+from smyrf import check_cluster_sizes, dense_attention, draw_projections, kdtree_levels, smyrf_attention
 
 __all__ = ["SelfAttention2d", "check_attention_spec", "build_attention_layers", "config_with_layers"]
 
@@ -83,6 +86,7 @@ class SelfAttention2d(nn.Module):
         self.spec = spec
         self.eval_seed = eval_seed
         self.generator = torch.Generator().manual_seed(train_seed)  # CPU: SMYRF draws projections on the host
+        self._eval_projections: dict[tuple, torch.Tensor] = {}  # (device, H, levels) -> eval-mode projections
         conv = dict(kernel_size=1, padding=0, bias=False, sn_iters=sn_iters, sn_eps=sn_eps)
         self.theta = SNConv2d(channels, channels // 8, **conv)
         self.phi = SNConv2d(channels, channels // 8, **conv)
@@ -121,7 +125,6 @@ class SelfAttention2d(nn.Module):
         fixed eval seed in eval mode). ``return_clusters`` (SMYRF only): also SMYRF's (perm_q, perm_k)."""
         if self.spec.kind == "dense":
             return dense_attention(q, k, v, scale=1.0)  # (B, Nq, dv)
-        generator = self.generator if self.training else torch.Generator().manual_seed(self.eval_seed)
         return smyrf_attention(
             q,
             k,
@@ -130,7 +133,8 @@ class SelfAttention2d(nn.Module):
             q_cluster_size=self.spec.q_cluster_size,
             k_cluster_size=self.spec.k_cluster_size,
             scale=1.0,
-            generator=generator,
+            generator=self.generator if self.training else None,
+            projections=None if self.training else self._eval_projection(q),
             hashing=self.spec.hashing,
             summary=self.spec.summary,
             return_clusters=return_clusters,
@@ -142,6 +146,17 @@ class SelfAttention2d(nn.Module):
         out = self.attend(q, k, v)  # (B, Nq, dv)
         out = out.transpose(1, 2).reshape(b, c // 2, h, w)  # (B, dv, h, w)
         return x + self.gamma * self.o(out)
+
+    def _eval_projection(self, q: torch.Tensor) -> torch.Tensor:
+        """The eval-mode projections, (d+2, H[, L]) on q's device: drawn from ``eval_seed`` on first use per device and
+        setting (the same values a fresh generator with that seed gives), then reused."""
+        spec, d = self.spec, q.shape[-1]
+        levels = kdtree_levels(q.shape[-2] // spec.q_cluster_size) if spec.hashing == "kdtree" else None
+        key = (q.device, spec.n_hashes, levels)
+        if key not in self._eval_projections:
+            generator = torch.Generator().manual_seed(self.eval_seed)
+            self._eval_projections[key] = draw_projections(d, spec.n_hashes, generator, device=q.device, levels=levels)
+        return self._eval_projections[key]
 
 
 def _layer_seed(network: str, res: int, purpose: str, base_seed: int) -> int:

@@ -2,12 +2,15 @@
 
     checks.py single --out DIR --cpu-ckpt FILE   # one XLA device (run with CPU_NUM_DEVICES=1)
     checks.py spmd   --out DIR                   # SPMD data parallel (run with CPU_NUM_DEVICES=2)
+    checks.py smyrf_spmd --out DIR --dump DUMP   # SMYRF's collectives under SPMD (CPU_NUM_DEVICES=2, XLA_FLAGS dumping
+                                                 # the HLO into DUMP: collectives.dump_flags)
 
 ``single``: SMYRF attention and DiffAugment on XLA against CPU (values, gradients, no recompilation for new values, no
 host reads); a few BigGAN D+G steps with SMYRF in G on XLA against the same steps in CPU eager mode; compile and step
 times; a checkpoint written from XLA (for the test to load on CPU) and the CPU-written ``--cpu-ckpt`` loaded onto XLA.
-``spmd``: the same training steps and DiffAugment with the global batch sharded over the devices. Results go to
-``DIR/<mode>.json`` (+ files).
+``spmd``: the same training steps and DiffAugment with the global batch sharded over the devices. ``smyrf_spmd``:
+smyrf_attention forward + backward on batch-sharded q, k, v (both hashings): the collectives of the optimised HLO and
+the values against CPU eager. Results go to ``DIR/<mode>.json`` (+ files).
 
 Shape legend: B batch, C channels, h×w spatial size; Nq, Nk queries/keys; d key dim; dv value dim.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -240,13 +244,62 @@ def spmd(out: Path) -> dict[str, Any]:
     return result
 
 
+def _collectives_module():
+    """tests/xla/collectives.py (this file is also imported by path from the main stack, so no package import)."""
+    spec = importlib.util.spec_from_file_location("collectives", Path(__file__).with_name("collectives.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SMYRF_SPMD_SHAPES = dict(batch=4, nq=1024, nk=256, d=12, dv=48)  # the shapes of the issue's measurement
+
+
+def smyrf_spmd(out: Path, dump: Path) -> dict[str, Any]:
+    """smyrf_attention fwd+bwd on batch-sharded inputs: the collectives XLA inserted, and the values against CPU."""
+    collectives = _collectives_module()
+    rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=True))
+    import torch_xla
+    b, nq, nk, d, dv = (SMYRF_SPMD_SHAPES[key] for key in ("batch", "nq", "nk", "d", "dv"))
+    result: dict[str, Any] = {"num_devices": rt.num_devices}
+    for hashing in ("projection", "kdtree"):
+        g = torch.Generator().manual_seed(0)
+        host = [torch.randn(b, n, c, generator=g) for n, c in ((nq, d), (nk, d), (nk, dv))]  # (B, N, .) q, k, v
+
+        def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            out = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=256, k_cluster_size=64, scale=1.0,
+                                  hashing=hashing, generator=torch.Generator().manual_seed(1))  # (B, Nq, dv)
+            (out * out).sum().backward()
+            return out
+
+        xla = [rt.shard_batch(x).requires_grad_() for x in host]  # batch axis split over the devices
+        rt.mark_step()
+        before = collectives.dumped(dump)
+        xla_out = run(*xla)
+        rt.mark_step()
+        found = collectives.collectives(collectives.modules_since(dump, before))
+        cpu = [x.clone().requires_grad_() for x in host]
+        cpu_out = run(*cpu)
+        pairs = zip([xla_out, *(x.grad for x in xla)], [cpu_out, *(x.grad for x in cpu)])
+        result[hashing] = {
+            "collectives": found, "counts": collectives.count(found),
+            "max_rel_diff": max(float((a.detach().cpu() - e).abs().max() / e.abs().max()) for a, e in pairs),
+            "out_sharding": torch_xla._XLAC._get_xla_sharding_spec(xla_out),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["single", "spmd"])
+    parser.add_argument("mode", choices=["single", "spmd", "smyrf_spmd"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu-ckpt", type=Path)
+    parser.add_argument("--dump", type=Path, help="the --xla_dump_to directory (smyrf_spmd)")
     args = parser.parse_args()
-    result = single(args.out, args.cpu_ckpt) if args.mode == "single" else spmd(args.out)
+    if args.mode == "single":
+        result = single(args.out, args.cpu_ckpt)
+    else:
+        result = spmd(args.out) if args.mode == "spmd" else smyrf_spmd(args.out, args.dump)
     (args.out / f"{args.mode}.json").write_text(json.dumps(result, indent=1))
 
 
