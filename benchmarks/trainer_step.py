@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -165,6 +166,7 @@ def measure(case: str, args: argparse.Namespace) -> dict:
             row["syncs_per_step"], row["first_sync"] = count_syncs(trainer, args.sync_steps, work)
         row["busy"] = busy_share(trainer, args.profile_steps, work)
         row["tf32"] = torch.backends.cuda.matmul.allow_tf32 if rt.kind == "cuda" else None
+        row["prefetch"] = getattr(cfg.data, "prefetch", None)  # None: this tree has no data.prefetch yet
     return row
 
 
@@ -218,6 +220,7 @@ def main() -> int:
                 rows.append(measure(case, args))
             except Exception as err:  # one case failing (OOM, compile error) must not hide the others
                 rows.append({"case": case, "error": f"{type(err).__name__}: {str(err).splitlines()[0][:150]}"})
+            gc.collect()  # the case's models and optimiser state, before the next case allocates its own
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if args.out:  # after every case: a run killed by its time limit keeps what it measured

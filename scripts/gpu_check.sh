@@ -2,17 +2,17 @@
 # Verify the CUDA path on a bare GPU machine (PyTorch >= 2.11, no network) in under 8 minutes; print ONE table.
 #
 #   bash scripts/gpu_check.sh [OUT_DIR]          # on the GPU machine; default OUT_DIR: gpu_check/<UTC time>
-#   bash scripts/gpu_check.sh --cpu [OUT_DIR]    # dry run of every stage here on CPU, tiny shapes (~2 min on 2 cores)
+#   bash scripts/gpu_check.sh --cpu [OUT_DIR]    # dry run of every stage here on CPU, tiny shapes (~1 min on 2 cores)
 #
 # Prepare once, where a package index is reachable (pytorch-fid is pure Python; the GPU machine lacks it):
 #   python -m pip download pytorch-fid==0.3.0 --no-deps -d .gpu_wheels        # gitignored; carry it with the tree
-# The script puts that wheel on PYTHONPATH (unzipped into OUT_DIR/site, no pip, no network) when pytorch_fid is not
+# The script puts that wheel on PYTHONPATH (unzipped into a temp dir, no pip, no network) when pytorch_fid is not
 # importable. The real FID weights (~91 MB) cannot travel: a randomly initialised pytorch-fid InceptionV3 is written
 # on the spot and fid.weights_path points at it, which exercises the FID code path on the device, not the number.
 #
 # Environment: PYTHON (default .venv/bin/python, else python3); GPU_CHECK_BUDGET (seconds for all stages, default 460:
 # each stage's timeout is cut to what is left, so the whole run stays under 8 minutes); GPU_CHECK_ONLY (comma list of
-# stages to run, e.g. env,train; default all).
+# stages to run, e.g. env,train; default all); GPU_CHECK_KEEP=1 keeps the scratch dir (weights, demo data).
 #
 # Stages, in order (each logged to OUT_DIR/logs/<stage>.log; a failing stage does not stop the others):
 #   env       torch/CUDA/cuDNN versions, GPU; where pytorch-fid came from; which issue-12 config keys this tree has
@@ -23,8 +23,8 @@
 #             G-128@128 batch 32 and G-256@256 batch 8 vs every dense SDPA backend (flash, efficient, cudnn, math;
 #             4-D, q/k padded), targets <= 1.0x / <= 0.5x of the best
 #   step      benchmarks/trainer_step.py on configs/celebahq128_smyrf.yaml, batch 32, the trainer's real hot step:
-#             img/s fp32 vs bf16, real input pipeline vs pre-staged, channels_last; host syncs per step after warm-up
-#             (set_sync_debug_mode, target 0); GPU busy share of a step (profiler, target >= 90 %)
+#             img/s fp32 vs bf16, real input pipeline vs pre-staged, data.prefetch=2, channels_last; host syncs per
+#             step after warm-up (set_sync_debug_mode, target 0); GPU busy share of a step (profiler, target >= 90 %)
 #   train     configs/demo.yaml on the device in bf16 with FID on: 100 steps to a checkpoint, then a second invocation
 #             resumes it to 200 (FID at both)
 #   compile   the step stage's bf16 case with runtime.compile=true (last: compilation is the least predictable cost)
@@ -41,6 +41,10 @@ cpu=0
 if [ "${1:-}" = "--cpu" ]; then cpu=1; shift; fi
 out="${1:-gpu_check/$(date -u +%Y%m%d-%H%M%S)}"
 mkdir -p "$out/logs" && out="$(cd "$out" && pwd)"
+# Bulky scratch outside OUT_DIR (it may be a folder that is sent back): the random Inception file is as large as the
+# real one (91 MB), demo faces are re-rendered in seconds, the unzipped wheel. Removed at exit unless GPU_CHECK_KEEP.
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
+[ -n "${GPU_CHECK_KEEP:-}" ] || trap 'rm -rf "$scratch"' EXIT
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON="$root/.venv/bin/python"; else PYTHON=python3; fi
 fi
@@ -60,12 +64,12 @@ else
   device=cuda
 fi
 
-# pytorch-fid: the installed one, else the carried wheel unzipped into OUT_DIR/site (pure Python: no pip needed); the
+# pytorch-fid: the installed one, else the carried wheel unzipped into scratch/site (pure Python: no pip needed); the
 # env stage says which, or that it is missing.
 if ! "$PYTHON" -c "import pytorch_fid" 2>/dev/null; then
   wheel="$(ls "$root"/.gpu_wheels/pytorch_fid-*.whl 2>/dev/null | tail -n 1)"
-  if [ -n "$wheel" ] && "$PYTHON" -m zipfile -e "$wheel" "$out/site" >/dev/null 2>&1; then
-    export PYTHONPATH="$PYTHONPATH:$out/site"
+  if [ -n "$wheel" ] && "$PYTHON" -m zipfile -e "$wheel" "$scratch/site" >/dev/null 2>&1; then
+    export PYTHONPATH="$PYTHONPATH:$scratch/site"
   fi
 fi
 
@@ -126,7 +130,7 @@ stage env 30 -- "${helper[@]}" --rows "$rows" env --device "$device"
 finish
 stage lazy_fid 30 -- "${helper[@]}" --rows "$rows" lazy-fid
 finish
-weights="$out/random_inception.pth"
+weights="$scratch/random_inception.pth"
 stage fid 60 -- "${helper[@]}" --rows "$rows" fid-weights "$weights" --device "$device"
 finish
 
@@ -144,9 +148,9 @@ else
   step_args=(--config configs/celebahq128_smyrf.yaml --device cuda --batch 32 --warmup 3 --steps 10 --sync-steps 3
     --profile-steps 3 --images 256)
 fi
-step_args+=(--data-dir "$out/datasets" --work "$out")
+step_args+=(--data-dir "$scratch/datasets" --work "$scratch")
 stage step 150 -- "$PYTHON" benchmarks/trainer_step.py "${step_args[@]}" --cases fp32 bf16 bf16+staged \
-  bf16+channels_last --out "$out/step.json"
+  bf16+prefetch bf16+channels_last --out "$out/step.json"
 finish "${helper[@]}" --rows "$rows" steps "$out/step.json"
 
 # -- train: 200 demo steps with FID, a checkpoint and a resume ---------------------------------------------------------
@@ -156,7 +160,7 @@ if [ "$cpu" = 1 ]; then
 else
   half=100 fid_args=(runtime.precision=bf16)
 fi
-train_args=(--config configs/demo.yaml name=gpu_check "out_dir=$out/runs" "data.path=$out/datasets"
+train_args=(--config configs/demo.yaml name=gpu_check "out_dir=$out/runs" "data.path=$scratch/datasets"
   "runtime.kind=$device" "fid.weights_path=$weights" "fid.every=$half" "train.ckpt_every=$half" "log.every=$half"
   "log.sample_every=$half" log.progress_bar=false "${fid_args[@]}")
 {  # first invocation stops at the checkpoint; the same command with more steps must resume from it
@@ -187,8 +191,6 @@ elif wanted ddp; then
   printf 'ddp\tskipped\t0\t%s\n' "needs 2 GPUs, this machine has $ngpu" >> "$table"
 fi
 
-# the random Inception file is as large as the real one (91 MB) and the demo data are rebuilt in seconds: not kept
-[ -n "${GPU_CHECK_KEEP:-}" ] || rm -rf "$weights" "$out/datasets" "$out/site"
 echo
 echo "GPU check ($([ "$cpu" = 1 ] && echo "CPU dry run" || echo CUDA), $(($(date +%s) - t0)) s in all; logs in $out)"
 "${helper[@]}" --rows /dev/null table "$table"

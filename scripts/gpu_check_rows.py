@@ -194,7 +194,9 @@ def steps(args, rows: Rows) -> None:
             rows.add("step", "FAILED", f"no results in {args.json[0]}")
         return
     one = next(iter(measured.values()))
-    head = f"@{one['resolution']} batch {one['batch']} x {one['num_d_steps']} D steps:"
+    prefetch = "absent" if one.get("prefetch") is None else one["prefetch"]
+    tf32 = "" if one.get("tf32") is None else f", TF32 {'on' if one['tf32'] else 'off'}"
+    head = f"@{one['resolution']} batch {one['batch']} x {one['num_d_steps']} D steps (data.prefetch {prefetch}{tf32}):"
     parts = []
     for case, r in measured.items():
         text = f"{case} {r['img_per_s']:.0f} img/s ({r['peak_gib']:.1f} GiB"
