@@ -37,6 +37,14 @@ def test_paper_config_values():
     assert cfg.train.loss == "hinge"
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "demo.yaml"], ids=lambda p: p.name)
+def test_gpu_configs_default_to_bf16_and_the_cpu_demo_to_fp32(path):
+    """The CelebA-HQ configs are GPU runs: bf16 autocast is their documented default (issue 12; the SMYRF kernels keep
+    scores, logsumexp and the merge in fp32). The demo is the CPU quick start and stays at the fp32 default."""
+    assert load_config(path).runtime.precision == "bf16"
+    assert load_config(path.parent / "demo.yaml").runtime.precision == "fp32"
+
+
 def test_yaml_is_a_delta_over_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr_g: 1e-4\n")  # YAML 1.1 reads 1e-4 as a string; float fields accept it
