@@ -200,6 +200,39 @@ def test_feature_stats_live_on_their_device():
     assert stats.sum.device.type == "meta" and stats.sum_outer.dtype == torch.float64 and stats.n == 4
 
 
+_WITHOUT_PYTORCH_FID = """
+import sys
+sys.modules["pytorch_fid"] = None  # import blocked: as on a machine without the package
+import torch
+import biggan.config
+from biggan.training.config import load_config
+from biggan.models import build_discriminator, build_generator
+from smyrf import smyrf_attention
+
+cfg = load_config("configs/demo.yaml")
+G, D = build_generator(cfg.model), build_discriminator(cfg.model)
+z = torch.randn(2, cfg.model.dim_z)
+y = None if cfg.model.conditioning != "class" else torch.zeros(2, dtype=torch.long)
+assert D(G(z, y), y).shape == (2,)  # G's SMYRF layer runs in this forward
+q, k, v = torch.randn(3, 2, 64, 8).unbind(0)  # (B, N, d) each
+assert smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=16, k_cluster_size=16).shape == (2, 64, 8)
+assert not any(name.startswith("pytorch_fid.") for name in sys.modules)
+from biggan.errors import cli_main
+from biggan.fid import load_extractor
+cli_main(lambda: load_extractor(None, "cpu", 64))
+"""
+
+
+def test_config_models_and_smyrf_work_without_pytorch_fid_and_fid_says_how_to_get_it():
+    """Issue 12 item 4: only an extractor needs pytorch-fid; without it FID is one clear line and exit 2."""
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_PYTORCH_FID], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: FID needs the pytorch-fid package"), done.stderr[-2000:]
+    assert "pip install pytorch-fid" in lines[0] and "fid.every=0" in lines[0]
+
+
 # --- weights ----------------------------------------------------------------------------------------------------------
 
 def test_missing_weights_is_one_clear_error(tmp_path):

@@ -13,13 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from unittest import mock
 
-import pytorch_fid.inception as pfi
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from biggan.errors import WeightsError
 from biggan.fid.config import ALLOWED_DIMS
+from biggan.fid.dependency import pytorch_fid_module
 from biggan.fid.weights import INSTALL_HINT, file_sha256, load_weights
 
 __all__ = ["FIDExtractor", "load_extractor", "build_inception", "extractor_identity"]
@@ -31,12 +31,14 @@ def extractor_identity(weights_file: Path, dims: int) -> str:
 
 
 def build_inception(state_dict: dict[str, torch.Tensor], dims: int, resize_input: bool = True,
-                    normalize_input: bool = True) -> pfi.InceptionV3:
+                    normalize_input: bool = True) -> nn.Module:
     """pytorch-fid's InceptionV3 up to the block that yields ``dims``, loaded (strictly) from ``state_dict``.
 
     pytorch-fid has no weights argument: it calls ``load_state_dict_from_url``. Replacing that one call with our
     in-memory state dict is what guarantees no network access, whatever is or is not in the hub cache.
+    ConfigError (how to install it) when pytorch-fid is missing.
     """
+    pfi = pytorch_fid_module("inception")
     block = pfi.InceptionV3.BLOCK_INDEX_BY_DIM[dims]
     with mock.patch.object(pfi, "load_state_dict_from_url", lambda *args, **kwargs: state_dict):
         return pfi.InceptionV3([block], resize_input=resize_input, normalize_input=normalize_input)
@@ -45,7 +47,7 @@ def build_inception(state_dict: dict[str, torch.Tensor], dims: int, resize_input
 class FIDExtractor(nn.Module):
     """uint8 images -> float64 Inception features; always in eval mode, never builds a graph."""
 
-    def __init__(self, inception: pfi.InceptionV3, dims: int, identity: str,
+    def __init__(self, inception: nn.Module, dims: int, identity: str,
                  feature_device: torch.device | str = "cpu") -> None:
         super().__init__()
         self.inception = inception.eval()
@@ -77,10 +79,12 @@ def load_extractor(weights_path: str | Path | None, device: torch.device | str =
     """The FID extractor on ``device`` from the local weights file (``weights_path``, else the torch-hub cache file);
     its features leave on ``feature_device`` (``runtime.metric_device`` in a run).
 
-    Raises WeightsError when the file is missing or corrupt; never downloads.
+    Raises ConfigError when pytorch-fid is not installed, WeightsError when the file is missing or corrupt; never
+    downloads.
     """
     if dims not in ALLOWED_DIMS:
         raise ValueError(f"dims must be one of {ALLOWED_DIMS}, got {dims}")
+    pytorch_fid_module("inception")  # the missing package first: installing it comes before installing its weights
     state, path = load_weights(weights_path)
     try:
         inception = build_inception(state, dims)

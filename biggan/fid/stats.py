@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 from biggan.errors import DataError
+from biggan.fid.dependency import pytorch_fid_module
 
 __all__ = ["FeatureStats", "RefStats", "frechet_distance", "save_stats", "load_stats"]
 
@@ -79,6 +79,7 @@ class RefStats:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), via pytorch-fid (scipy sqrtm in float64, real part)."""
+    calculate_frechet_distance = pytorch_fid_module("fid_score").calculate_frechet_distance
     return float(calculate_frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
                                             np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
 
