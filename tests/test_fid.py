@@ -146,6 +146,93 @@ def test_fid_of_generator_with_stand_in_extractor_and_reduce():
     assert same < 10 and far > 5000 and doubled < 10  # mean-colour variance ~200 per channel; shift 50 -> 7500
 
 
+class _StopAtReduce(Exception):
+    pass
+
+
+def test_fid_statistics_are_built_and_reduced_on_the_feature_device():
+    """Issue 12 item 1: under DDP on NCCL the packed statistics must be reduced where the features are (the GPU), never
+    as a host tensor. A stand-in extractor on the 'meta' device (no GPU needed) stands for the GPU."""
+    meta = torch.device("meta")
+
+    class OnDevice(torch.nn.Module):  # extractor interface, features left on feature_device
+        dims, identity, feature_device = 3, "stand-in", meta
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1, device=meta))
+
+        def forward(self, images):
+            assert images.device == meta  # the fakes arrive on the extractor's device
+            return images.float().mean(dim=(2, 3))  # (B, 3) on meta
+
+    seen = []
+
+    def reduce(t):
+        seen.append((t.device, t.dtype, tuple(t.shape)))
+        raise _StopAtReduce  # meta tensors hold no values: the distance cannot be taken, stop here
+
+    ref = RefStats(np.zeros(3), np.eye(3), n=10, extractor="stand-in", path=Path("mem"))
+    with pytest.raises(_StopAtReduce):
+        fid_of_generator(lambda n: torch.zeros(n, 3, 4, 4, dtype=torch.uint8, device=meta), 10, 4, OnDevice(), ref,
+                         reduce=reduce)
+    assert seen == [(meta, torch.float64, (1 + 3 + 9,))]
+
+
+def test_generate_can_leave_fakes_on_the_device():
+    """FID fakes go from G to the extractor without a trip through the host (``to_host=False``)."""
+    from biggan.generation.generate import generate
+
+    class G(torch.nn.Module):
+        def forward(self, z, y=None):
+            return z.reshape(z.shape[0], 3, 1, 1).tanh()  # (B, 3, 1, 1)
+
+    z = torch.zeros(5, 3, device="meta")
+    x = generate(G(), z, 2, torch.device("meta"), to_host=False)
+    assert x.device.type == "meta" and x.shape == (5, 3, 1, 1) and quantize_uint8(x).device.type == "meta"
+    host = generate(G(), torch.zeros(5, 3), 2, torch.device("cpu"))
+    assert host.device.type == "cpu" and torch.equal(host, torch.zeros(5, 3, 1, 1))
+
+
+def test_feature_stats_live_on_their_device():
+    stats = FeatureStats(3, device="meta")
+    stats.update(torch.zeros(4, 3))  # host features are moved to the statistics' device
+    assert stats.sum.device.type == "meta" and stats.sum_outer.dtype == torch.float64 and stats.n == 4
+
+
+_WITHOUT_PYTORCH_FID = """
+import sys
+sys.modules["pytorch_fid"] = None  # import blocked: as on a machine without the package
+import torch
+import biggan.config
+from biggan.training.config import load_config
+from biggan.models import build_discriminator, build_generator
+from smyrf import smyrf_attention
+
+cfg = load_config("configs/demo.yaml")
+G, D = build_generator(cfg.model), build_discriminator(cfg.model)
+z = torch.randn(2, cfg.model.dim_z)
+y = None if cfg.model.conditioning != "class" else torch.zeros(2, dtype=torch.long)
+assert D(G(z, y), y).shape == (2,)  # G's SMYRF layer runs in this forward
+q, k, v = torch.randn(3, 2, 64, 8).unbind(0)  # (B, N, d) each
+assert smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=16, k_cluster_size=16).shape == (2, 64, 8)
+assert not any(name.startswith("pytorch_fid.") for name in sys.modules)
+from biggan.errors import cli_main
+from biggan.fid import load_extractor
+cli_main(lambda: load_extractor(None, "cpu", 64))
+"""
+
+
+def test_config_models_and_smyrf_work_without_pytorch_fid_and_fid_says_how_to_get_it():
+    """Issue 12 item 4: only an extractor needs pytorch-fid; without it FID is one clear line and exit 2."""
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_PYTORCH_FID], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: FID needs the pytorch-fid package"), done.stderr[-2000:]
+    assert "pip install pytorch-fid" in lines[0] and "fid.every=0" in lines[0]
+
+
 # --- weights ----------------------------------------------------------------------------------------------------------
 
 def test_missing_weights_is_one_clear_error(tmp_path):

@@ -163,6 +163,19 @@ def test_gather_rows_is_exact_over_processes():
     assert gather_rows(parts[0], None, 1, 0) is parts[0]
 
 
+def test_gather_rows_reduces_on_the_features_device():
+    """Issue 12 item 1: the gather buffer lives where the features do (the GPU under NCCL), never on the host; a
+    'meta' tensor stands for the GPU."""
+    devices = []
+
+    def reduce(buffer):
+        devices.append(buffer.device)
+        return buffer
+
+    out = gather_rows(torch.zeros(4, 3, dtype=torch.float64, device="meta"), reduce, world_size=2, rank=1)
+    assert devices == [torch.device("meta")] and out.device.type == "meta" and out.shape == (8, 3)
+
+
 def test_subset_indices_are_fixed_capped_and_sorted():
     assert subset_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
     a = subset_indices(1000, 100)

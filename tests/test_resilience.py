@@ -94,3 +94,23 @@ def test_finite_monitor_ands_over_the_tick() -> None:
     layer.weight.grad[0, 1] = float("inf")
     monitor.update(grad_norm(layer))
     assert monitor.flag().item() == 0.0
+
+
+def test_grad_norm_is_one_fused_call_equal_to_the_norm_of_norms(monkeypatch):
+    """Issue 12 item 9: grad norm through torch's foreach ``get_total_norm`` (one call, not a kernel per tensor), equal
+    to the old stack of per-tensor norms to fp32 rounding; non-finite gradients stay non-finite."""
+    from biggan.training.steps import grad_norm
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+    assert grad_norm(net).item() == 0.0  # no gradients yet
+    (net(torch.randn(2, 3, 8, 8)) * 100).sum().backward()
+    oracle = torch.stack([p.grad.float().norm() for p in net.parameters()]).norm()  # the old formula
+    calls = []
+    real = torch.nn.utils.get_total_norm
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    value = grad_norm(net)
+    torch.testing.assert_close(value, oracle, rtol=2e-6, atol=0)
+    assert calls == [1] and value.dtype == torch.float32
+    net[0].bias.grad[0] = float("nan")
+    assert grad_norm(net).isnan()

@@ -238,3 +238,58 @@ def test_resume_takes_optimizer_settings_from_the_config(make_cfg, tmp_path):
     assert "optimiser settings from the config, not the checkpoint: " in log
     lr_g = make_cfg("lr", 2).train.lr_g  # the demo config's (5e-05)
     assert "G betas (0.0, 0.999) -> (0.5, 0.999)" in log and f"G lr {lr_g} -> 1e-05" in log and "D lr" not in log
+
+
+# --- CUDA generator states on another number of GPUs (issue 12 item 3) -----------------------------------------------
+
+def _simulate_gpus(monkeypatch: pytest.MonkeyPatch, count: int, current: int = 0) -> tuple[torch.Generator, ...]:
+    """Make torch.cuda look like a machine with ``count`` GPUs, this process on GPU ``current``: torch's own
+    get/set_rng_state code runs, against stand-in generators (CPU ones) in ``torch.cuda.default_generators``."""
+    import torch.cuda.random as cuda_random
+
+    gens = tuple(torch.Generator().manual_seed(100 + i) for i in range(count))
+    for module in (torch.cuda, cuda_random):
+        monkeypatch.setattr(module, "is_initialized", lambda: count > 0)
+        monkeypatch.setattr(module, "device_count", lambda: count)
+        monkeypatch.setattr(module, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "default_generators", gens)
+    monkeypatch.setattr(cuda_random, "_lazy_init", lambda: None)
+    monkeypatch.setattr(cuda_random, "_lazy_call", lambda callback, **kwargs: callback())  # run at once, as when live
+    return gens
+
+
+def _eight_gpu_states() -> list[torch.Tensor]:
+    return [torch.Generator().manual_seed(800 + i).get_state() for i in range(8)]
+
+
+def test_rng_state_saves_this_process_gpu_only(monkeypatch):
+    from biggan.training.rng import get_rng_state
+
+    gens = _simulate_gpus(monkeypatch, 8, current=3)  # rank 3 of an 8-GPU node
+    saved = get_rng_state()["cuda"]
+    assert isinstance(saved, torch.Tensor) and torch.equal(saved, gens[3].get_state())
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_rng_state_of_8_gpus_resumes_on_fewer(monkeypatch, gpus):
+    """An old checkpoint (one CUDA state per GPU of an 8-GPU node) loads on a machine with one GPU or none."""
+    from biggan.training.rng import get_rng_state, set_rng_state
+
+    state = {**get_rng_state(), "cuda": _eight_gpu_states()}  # host states of this machine, CUDA ones of the node
+    gens = _simulate_gpus(monkeypatch, gpus)
+    set_rng_state(state)  # no IndexError
+    if gpus:
+        assert torch.equal(gens[0].get_state(), state["cuda"][0])  # this process's GPU (0) gets GPU 0's state
+
+
+def test_rng_state_of_one_gpu_round_trips_and_skips_without_gpus(monkeypatch):
+    from biggan.training.rng import get_rng_state, set_rng_state
+
+    gens = _simulate_gpus(monkeypatch, 2, current=1)
+    state = get_rng_state()
+    gens[1].manual_seed(7)  # move on, then restore
+    set_rng_state(state)
+    assert torch.equal(gens[1].get_state(), state["cuda"])
+    _simulate_gpus(monkeypatch, 0)
+    set_rng_state(state)  # a checkpoint from a GPU run resumes on the CPU

@@ -82,6 +82,24 @@ def test_reduce_mean_single_process(rt: Runtime) -> None:
     assert rt.reduce_sum_(t) is t and torch.equal(t, torch.arange(3.0, dtype=torch.float64))
 
 
+def test_reduce_sum_refuses_a_host_tensor_off_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12 item 1: NCCL has no CPU tensors. A cuda runtime (here a stand-in device, no GPU needed) refuses a host
+    tensor before any collective runs, and reduces a tensor on its metric device."""
+    called: list[torch.Tensor] = []
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: called.append(t))
+    rt = Runtime(RuntimeConfig(kind="cpu"), "cuda", torch.device("meta"), rank=0, world_size=2, local_rank=0,
+                 num_devices=2)
+    assert rt.metric_device == torch.device("meta")
+    with pytest.raises(ValueError, match="metric_device"):
+        rt.reduce_sum_(torch.zeros(3, dtype=torch.float64))
+    assert called == []
+    on_device = torch.zeros(3, dtype=torch.float64, device="meta")
+    assert rt.reduce_sum_(on_device) is on_device and called == [on_device]
+    one_gpu = Runtime(RuntimeConfig(kind="cpu"), "cuda", torch.device("meta"), 0, 1, 0, 1)
+    with pytest.raises(ValueError, match="metric_device"):  # one GPU finds the mistake too, not only 8 of them
+        one_gpu.reduce_sum_(torch.zeros(3))
+
+
 def test_convert_reuses_parameters_and_buffers() -> None:
     inner = nn.Sequential(nn.BatchNorm2d(4), nn.ReLU())
     net = nn.Sequential(nn.Conv2d(3, 4, 1), inner, nn.BatchNorm1d(5, affine=False))

@@ -1,8 +1,9 @@
 """FID of a generator (or of any uint8 image stream) against reference statistics.
 
 Fakes are quantised to uint8 exactly as if saved to PNG (``x·127.5 + 128``, clamped, truncated), never JPEG, then go
-through the same extractor path as the real images. Statistics stream in float64; with several processes each one
-embeds its own share and ``reduce`` sums the packed statistics before the distance is taken on the host.
+through the same extractor path as the real images. Statistics stream in float64 on the extractor's
+``feature_device`` (the run's metric device); with several processes each one embeds its own share and ``reduce`` sums
+the packed statistics there (NCCL reduces GPU tensors only) before the distance is taken on the host.
 """
 
 from __future__ import annotations
@@ -47,17 +48,22 @@ def _device(extractor: torch.nn.Module) -> torch.device:
     return next(extractor.parameters()).device
 
 
+def _feature_device(extractor: torch.nn.Module) -> torch.device:
+    """Where the extractor's features leave (:class:`FIDExtractor.feature_device`); the host for stand-ins."""
+    return torch.device(getattr(extractor, "feature_device", "cpu"))
+
+
 def stats_of_batches(batches: Iterable[torch.Tensor], extractor: FIDExtractor, total: int | None = None,
                      desc: str | None = None) -> FeatureStats:
     """Stream uint8 ``(B, 3, h, w)`` batches through the extractor into float64 statistics.
 
     A progress bar is shown when ``desc`` is given and stderr is a terminal (``disable=None``), so logs stay clean.
     """
-    stats = FeatureStats(extractor.dims)
+    stats = FeatureStats(extractor.dims, _feature_device(extractor))
     device = _device(extractor)
     bar = tqdm(total=total, desc=desc, unit="img", disable=True if desc is None else None)
     for images in batches:
-        stats.update(extractor(images.to(device)))
+        stats.update(extractor(images.to(device)))  # a no-op move for fakes made on the extractor's device
         bar.update(images.shape[0])
     bar.close()
     return stats
@@ -84,7 +90,8 @@ def fid_of_generator(sample_uint8: Callable[[int], torch.Tensor], num_samples: i
         batch_size: fakes drawn and embedded at once (fixed shapes; the last batch is cut, not resized).
         extractor: from :func:`load_extractor`.
         ref_stats: from :func:`load_stats` / :func:`ensure_reference_stats`.
-        reduce: sums a float64 CPU tensor over processes (all-reduce) and returns it; None for one process.
+        reduce: sums a float64 tensor on the extractor's ``feature_device`` over processes (all-reduce) and returns
+            it; None for one process.
     """
     _check_compatible(ref_stats, extractor)
 
@@ -97,10 +104,11 @@ def fid_of_generator(sample_uint8: Callable[[int], torch.Tensor], num_samples: i
 
     stats = stats_of_batches(batches(), extractor)
     if reduce is not None:
-        packed = torch.cat([torch.tensor([float(stats.n)], dtype=torch.float64), stats.sum, stats.sum_outer.flatten()])
-        packed = reduce(packed).to("cpu", torch.float64)  # (1 + dims + dims²,) summed over processes
+        count = torch.tensor([float(stats.n)], dtype=torch.float64, device=stats.device)  # (1,)
+        packed = torch.cat([count, stats.sum, stats.sum_outer.flatten()])  # (1 + dims + dims²,) on stats.device
+        packed = reduce(packed).to(stats.device, torch.float64)  # summed over processes
         dims = stats.dims
-        stats.n = int(round(float(packed[0])))
+        stats.n = int(round(float(packed[0])))  # the evaluation's one count read (a host sync, outside the step)
         stats.sum = packed[1:1 + dims].clone()
         stats.sum_outer = packed[1 + dims:].reshape(dims, dims).clone()  # (dims, dims)
     mu, sigma = stats.mean_cov()

@@ -22,11 +22,11 @@ import zipfile
 from pathlib import Path
 from unittest import mock
 
-import pytorch_fid.inception as pfi
 import torch
 import torchvision
 
 from biggan.errors import WeightsError
+from biggan.fid.dependency import pytorch_fid_module
 from biggan.fid.extractor import build_inception
 from biggan.fid.weights import default_weights_path
 
@@ -75,6 +75,7 @@ def _read_torchscript(wheel: Path) -> torch.jit.ScriptModule:
 
 def _skeleton() -> torchvision.models.Inception3:
     """pytorch-fid's FID Inception graph with unloaded weights (its builder, with the URL load stubbed out)."""
+    pfi = pytorch_fid_module("inception")
     with mock.patch.object(pfi, "load_state_dict_from_url", lambda *args, **kwargs: {}), \
             mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, *args, **kwargs: None):
         return pfi.fid_inception_v3()

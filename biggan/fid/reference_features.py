@@ -44,6 +44,7 @@ class FeatureTap(nn.Module):
         super().__init__()
         self.extractor, self.sink = extractor, sink
         self.dims, self.identity = extractor.dims, extractor.identity
+        self.feature_device = getattr(extractor, "feature_device", torch.device("cpu"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.extractor(images)  # (B, dims)

@@ -1,6 +1,7 @@
 """Streaming float64 feature statistics, the Fréchet distance, and their ``.npz`` file format.
 
-Statistics are kept as Σx, Σxxᵀ and n in float64 on the host, so they stream (no feature matrix held), merge across
+Statistics are kept as Σx, Σxxᵀ and n in float64 on the metric device (the GPU on cuda: no feature leaves it until the
+packed sums are reduced there; the host on cpu/xla, where float64 is slow on the device), so they stream (no feature matrix held), merge across
 processes by summing, and give the same mean and unbiased covariance as ``np.cov`` in pytorch-fid. The distance is
 pytorch-fid's own ``calculate_frechet_distance`` (scipy ``sqrtm`` in float64), not a hand-written matrix square root:
 BigGAN-PyTorch's fp32 Newton–Schulz sqrt gives NaN at times (#49).
@@ -17,25 +18,29 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 
 from biggan.errors import DataError
+from biggan.fid.dependency import pytorch_fid_module
 
 __all__ = ["FeatureStats", "RefStats", "frechet_distance", "save_stats", "load_stats"]
 
 
 class FeatureStats:
-    """Running Σx, Σxxᵀ and count of ``dims``-dimensional features, in float64 on the CPU."""
+    """Running Σx, Σxxᵀ and count of ``dims``-dimensional features, in float64 on ``device``.
 
-    def __init__(self, dims: int) -> None:
+    ``n`` is a Python int (known from shapes: no device read); the sums stay on ``device`` until :meth:`mean_cov`.
+    """
+
+    def __init__(self, dims: int, device: torch.device | str = "cpu") -> None:
         self.dims = dims
+        self.device = torch.device(device)
         self.n = 0
-        self.sum = torch.zeros(dims, dtype=torch.float64)
-        self.sum_outer = torch.zeros(dims, dims, dtype=torch.float64)
+        self.sum = torch.zeros(dims, dtype=torch.float64, device=self.device)
+        self.sum_outer = torch.zeros(dims, dims, dtype=torch.float64, device=self.device)
 
     def update(self, features: torch.Tensor) -> None:
-        """Add a ``(B, dims)`` batch of features (any device/dtype)."""
-        x = features.detach().to("cpu", torch.float64)  # (B, dims)
+        """Add a ``(B, dims)`` batch of features (any dtype; moved to ``device`` if elsewhere)."""
+        x = features.detach().to(self.device, torch.float64)  # (B, dims)
         if x.dim() != 2 or x.shape[1] != self.dims:
             raise ValueError(f"expected features of shape (B, {self.dims}), got {tuple(x.shape)}")
         self.n += x.shape[0]
@@ -47,17 +52,18 @@ class FeatureStats:
         if other.dims != self.dims:
             raise ValueError(f"cannot merge stats of {other.dims} dims into {self.dims} dims")
         self.n += other.n
-        self.sum += other.sum
-        self.sum_outer += other.sum_outer
+        self.sum += other.sum.to(self.device)
+        self.sum_outer += other.sum_outer.to(self.device)
         return self
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean ``(dims,)`` and unbiased covariance ``(dims, dims)`` (``np.cov`` convention, ddof=1), float64."""
+        """Mean ``(dims,)`` and unbiased covariance ``(dims, dims)`` (``np.cov`` convention, ddof=1), float64 numpy
+        arrays on the host (the one copy off the device: scipy's sqrtm takes them from here)."""
         if self.n < 2:
             raise ValueError(f"need at least 2 samples for a covariance, have {self.n}")
         mu = self.sum / self.n
         cov = (self.sum_outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
-        return mu.numpy(), cov.numpy()
+        return mu.cpu().numpy(), cov.cpu().numpy()
 
 
 @dataclass
@@ -73,6 +79,7 @@ class RefStats:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½), via pytorch-fid (scipy sqrtm in float64, real part)."""
+    calculate_frechet_distance = pytorch_fid_module("fid_score").calculate_frechet_distance
     return float(calculate_frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
                                             np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
 

@@ -2,7 +2,7 @@
 
 :class:`MetricSuite` runs the FID evaluation (:class:`biggan.fid.evaluate.FIDEvaluator`, unchanged) with a
 :class:`FeatureTap` on its extractor, so the fakes' features that FID streams into its statistics are also kept
-(float64, ``num_samples`` × dims on the host: 164 MB at fid10k, 2048 dims). KID (:mod:`biggan.fid.kid`) and precision/
+(float64, ``num_samples`` × dims on the metric device: 164 MB at fid10k, 2048 dims). KID (:mod:`biggan.fid.kid`) and precision/
 recall (:mod:`biggan.fid.precision_recall`) then compare them with the reference features
 (:mod:`biggan.fid.reference_features`). With several processes each one embeds its share; the shares are gathered with
 the same ``reduce`` (sum over processes) that FID uses, each process writing its rows into its own slot of a zero
@@ -46,13 +46,14 @@ def gather_rows(local: torch.Tensor, reduce: Optional[Callable[[torch.Tensor], t
                 rank: int) -> torch.Tensor:
     """Every process's ``local`` (n, dims) rows, in rank order (world_size · n, dims), via a sum over processes.
 
-    Each process fills only its own slot of a zero buffer, so the sum is a gather (exact: x + 0 = x).
+    Each process fills only its own slot of a zero buffer, so the sum is a gather (exact: x + 0 = x). The buffer lives
+    where ``local`` does (the metric device: NCCL reduces GPU tensors only).
     """
     if world_size == 1 or reduce is None:
         return local
-    buffer = torch.zeros(world_size, *local.shape, dtype=local.dtype)  # (world, n, dims)
+    buffer = torch.zeros(world_size, *local.shape, dtype=local.dtype, device=local.device)  # (world, n, dims)
     buffer[rank] = local
-    return reduce(buffer).to("cpu", local.dtype).reshape(-1, local.shape[1])  # (world · n, dims)
+    return reduce(buffer).to(local.device, local.dtype).reshape(-1, local.shape[1])  # (world · n, dims)
 
 
 @dataclass
@@ -95,7 +96,7 @@ class MetricSuite:
         """Every metric of ``fid.num_samples`` fakes in total, split evenly over ``world_size`` processes."""
         batches: list[torch.Tensor] = []
         fid = self.fid if self.ref is None else dataclasses.replace(
-            self.fid, extractor=FeatureTap(self.fid.extractor, lambda f: batches.append(f.to("cpu", torch.float64))))
+            self.fid, extractor=FeatureTap(self.fid.extractor, lambda f: batches.append(f.to(torch.float64))))
         values = {self.names["fid"]: fid(sample_uint8, reduce=reduce, world_size=world_size)}
         if self.ref is None:
             return values
@@ -130,7 +131,7 @@ def build_metric_suite(cfg: FIDConfig, dataset: Optional[ImageArray], device: to
     With ``compute_missing`` (main process) and a dataset, missing statistics and features come from one pass over the
     dataset; other processes read what the main one wrote. Raises WeightsError/DataError/ConfigError as FID does.
     """
-    extractor = load_extractor(cfg.weights_path or None, device, cfg.dims)
+    extractor = load_extractor(cfg.weights_path or None, device, cfg.dims, feature_device=metric_device)
     own_reference = not cfg.ref_stats and dataset is not None
     if cfg.extra_metrics and own_reference and compute_missing:
         ensure_reference_features(dataset, extractor, cfg.batch_size, cfg.ref_features)

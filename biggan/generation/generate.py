@@ -16,8 +16,11 @@ __all__ = ["generate"]
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: Tensor, batch_size: int, device: torch.device, y: Optional[Tensor] = None) -> Tensor:
-    """G(z) in eval mode, ``batch_size`` rows at a time; (B, 3, h, w) float CPU tensor in [-1, 1]. Restores G's mode."""
+def generate(G: nn.Module, z: Tensor, batch_size: int, device: torch.device, y: Optional[Tensor] = None,
+             to_host: bool = True) -> Tensor:
+    """G(z) in eval mode, ``batch_size`` rows at a time; (B, 3, h, w) float tensor in [-1, 1], on the CPU (for files
+    and grids) or, with ``to_host=False``, left on ``device`` (FID: the extractor reads it there, no round trip through
+    the host). Restores G's mode."""
     was_training = G.training
     G.eval()
     try:
@@ -25,7 +28,8 @@ def generate(G: nn.Module, z: Tensor, batch_size: int, device: torch.device, y: 
         for start in range(0, z.shape[0], batch_size):
             z_b = z[start : start + batch_size].to(device)
             y_b = None if y is None else y[start : start + batch_size].to(device)
-            out.append(G(z_b, y_b).float().cpu())
+            x = G(z_b, y_b).float()  # (b, 3, h, w)
+            out.append(x.cpu() if to_host else x)
         return torch.cat(out)  # (B, 3, h, w)
     finally:
         G.train(was_training)

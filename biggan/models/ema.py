@@ -52,18 +52,26 @@ class EMA:
 
     @torch.no_grad()
     def update(self, G: nn.Module, step: int) -> None:
-        """One EMA step after G's optimiser step number ``step`` (a Python int: no device sync)."""
-        decay = self.decay if step >= self.start_step else 0.0
+        """One EMA step after G's optimiser step number ``step`` (a Python int: no device sync).
+
+        Why foreach: G has hundreds of tensors (weights, SN vectors, BN statistics); one ``lerp_``/``copy_`` kernel each
+        is hundreds of launches per step on a GPU, while ``torch._foreach_*`` fuses them into a few (grouped by device
+        and dtype). Same ``lerp`` arithmetic, so G_ema is bit-identical to the per-tensor loop (the oracle in
+        tests/test_models.py); on CPU foreach runs that loop itself.
+        """
+        weight = 1.0 - (self.decay if step >= self.start_step else 0.0)
         ema_params = dict(self.model.named_parameters())
-        for name, param in G.named_parameters():
-            ema_params[name].lerp_(param.detach(), 1.0 - decay)
+        names = [name for name, _ in G.named_parameters()]
+        _lerp_all([ema_params[n] for n in names], [p.detach() for _, p in G.named_parameters()], weight)
         ema_buffers = dict(self.model.named_buffers())
+        averaged, copied = ([], []), ([], [])  # (targets, sources) each
         for name, buf in G.named_buffers():
-            target = ema_buffers[name]
-            if self.buffers == "average" and buf.is_floating_point():
-                target.lerp_(buf, 1.0 - decay)
-            else:
-                target.copy_(buf)
+            pair = averaged if self.buffers == "average" and buf.is_floating_point() else copied
+            pair[0].append(ema_buffers[name])
+            pair[1].append(buf)
+        _lerp_all(*averaged, weight)
+        if copied[0]:
+            torch._foreach_copy_(*copied)
 
     @torch.no_grad()
     def standing_statistics(self, latents: Iterable[tuple[torch.Tensor, Optional[torch.Tensor]]]) -> None:
@@ -92,3 +100,9 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(state)
+
+
+def _lerp_all(targets: list[torch.Tensor], sources: list[torch.Tensor], weight: float) -> None:
+    """``t.lerp_(s, weight)`` for every pair, in fused foreach kernels (foreach refuses empty lists)."""
+    if targets:
+        torch._foreach_lerp_(targets, sources, weight)

@@ -217,7 +217,15 @@ class Runtime:
         return self.device if self.kind == "cuda" else torch.device("cpu")
 
     def reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over :attr:`metric_shards` processes in place (FID feature sums); a no-op for one shard."""
+        """Sum ``tensor`` over :attr:`metric_shards` processes in place (FID feature sums); a no-op for one shard.
+
+        ``tensor`` must live on :attr:`metric_device`, also on one process: NCCL (cuda) reduces only GPU tensors, so a
+        host tensor there would fail at the first evaluation of a multi-GPU run, hours in; refusing it everywhere
+        lets a one-GPU (or CPU-test) run find the mistake.
+        """
+        if tensor.device != self.metric_device:
+            raise ValueError(f"reduce_sum_ got a tensor on {tensor.device}, but this {self.kind} runtime reduces on "
+                             f"{self.metric_device} (NCCL takes no host tensors); build it on runtime.metric_device")
         if self._distributed():
             import torch.distributed as dist
 

@@ -367,7 +367,8 @@ class _Trainer:
 
         def sample_uint8(n: int) -> torch.Tensor:
             z = torch.randn(n, dim_z, generator=gen)  # (n, dim_z)
-            return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen)))  # all classes
+            # all classes; the fakes stay on the device from G to the extractor (quantised there)
+            return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen), to_host=False))
 
         start = time.perf_counter()
         values = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards, rank=rt.rank)
