@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib.util
+import inspect
 import os
 from typing import Any, ContextManager, Optional
 
@@ -73,6 +74,8 @@ def _configure_cuda(cfg: RuntimeConfig) -> None:
     matmul off the CPU). Its effect on GAN quality is not measured here.
     ``cudnn.benchmark``: every step has the same shapes, so the per-shape autotuning is paid once (its algorithm choice
     may differ between runs: CUDA resumes are close, not bit-identical; CPU resumes stay bit-identical).
+    The legacy ``allow_tf32`` flags, not the ``fp32_precision`` ones: on torch 2.9 and 2.14 reading a legacy flag
+    after setting a new one raises (mixed APIs), and other code still reads them; 2.9 only warns of a deprecation.
     """
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -92,6 +95,23 @@ def _process_group_options(cfg: RuntimeConfig, kind: str, local_rank: int) -> di
     if kind == "cuda":
         options["device_id"] = torch.device("cuda", local_rank)
     return options
+
+
+_RECOMPILE_LIMIT = 64  # graphs per code object under runtime.compile (torch's default: 8)
+
+
+def _allow_recompiles() -> None:
+    """Raise Dynamo's per-code-object recompile limit (process-wide) for ``runtime.compile``.
+
+    Why: SMYRF draws its projections on the host, a graph break inside G's loop over blocks, so Dynamo runs G's own
+    forward eagerly and compiles each block separately; all blocks share one code object (``GBlock.forward``), which
+    needs a graph per block, mode (train, no_grad, eval) and batch size. The shrunk demo (3 blocks) hit torch's limit
+    of 8 in its first tick, after which that code ran eagerly without an error; with 64 it compiled 12 graphs of
+    ``GBlock.forward`` in 3 steps and a tick (G-128 has 5 blocks: about 20 expected, not measured).
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
 
 
 class Runtime:
@@ -192,6 +212,7 @@ class Runtime:
         if distributed and self.cfg.sync_bn:
             model = convert_sync_bn(model, self.kind)
         if self.cfg.compile:
+            _allow_recompiles()
             # dynamic=False: the step's shapes are fixed, so each call site gets its own static graph (a handful:
             # train/no_grad/eval, B and 2B) rather than symbolic shapes through SMYRF's cluster arithmetic.
             model.compile(backend=self.cfg.compile_backend, dynamic=False)
@@ -200,8 +221,11 @@ class Runtime:
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.local_rank] if self.kind == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids,
-                                       broadcast_buffers=self._broadcast_buffers(model))
+        # torch >= 2.14 names the per-forward buffer sync forward_sync_buffers (broadcast_buffers warns there); 2.9
+        # knows only broadcast_buffers. Both still broadcast the buffers once when DDP is built.
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        return DistributedDataParallel(model, device_ids=device_ids, **{key: self._broadcast_buffers(model)})
 
     def _broadcast_buffers(self, model: nn.Module) -> bool:
         """Whether DDP must copy rank 0's buffers to every rank before each forward.

@@ -68,7 +68,8 @@ def train(rt: Runtime, out: Path, batch: int, steps: int, accumulate: int = 1, n
         losses.append(rt.reduce_mean({k: stats[k] for k in ("D_real", "D_fake", "G")}))
         norms.append(rt.reduce_mean({k: stats[k] for k in ("D_grad_norm", "G_grad_norm")}))  # all-reduced gradients
 
-    broadcast = {name: getattr(net, "broadcast_buffers", None) for name, net in (("G", G), ("D", D))}  # DDP's flag
+    broadcast = {name: getattr(net, "forward_sync_buffers", getattr(net, "broadcast_buffers", None))  # DDP's flag
+                 for name, net in (("G", G), ("D", D))}
     torch.save({"G": rt.unwrap(G).state_dict(), "D": rt.unwrap(D).state_dict(), "rank": rt.rank,
                 "num_data_shards": rt.num_data_shards, "broadcast_buffers": broadcast}, out / f"rank{rt.rank}.pt")
     if rt.is_main:
