@@ -3,6 +3,9 @@
 The worker (tests/ddp/worker.py) runs the real BigGAN G/D and the trainer's d_step/g_step for a few steps on a fixed
 global batch that the ranks split. Checks: parameters are identical on every rank afterwards; with cross-replica BN,
 2 processes x B/2 give the losses and weights of 1 process x B; without it they do not (so the test has teeth).
+Buffers stay identical across ranks although DDP broadcasts none where they follow the weights (D's SN vectors, G's
+synchronised BN statistics); with 2 accumulation micro-batches, ``no_sync`` on the first gives the parameters of an
+all-reduce after each.
 Then ``train.py`` itself under torchrun: a resumed 2-process run continues bit-identically.
 """
 
@@ -40,7 +43,8 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ddp")
     env = _torchrun_env(os.environ | {"PYTHONPATH": str(ROOT)})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS), "--variants", "sync_bn", "plain"]
+           "--out", str(out), "--batch", str(B // 2), "--steps", str(STEPS), "--variants", "sync_bn", "plain",
+           "accumulate", "accumulate_every"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -86,7 +90,10 @@ def _assert_losses_close(got: list[dict[str, float]], want: list[dict[str, float
 def test_sync_bn_two_processes_equal_one_process(two_processes: Path, reference) -> None:
     losses, (rank0, rank1) = _load(two_processes / "sync_bn")
     assert (rank0["rank"], rank1["rank"], rank0["num_data_shards"]) == (0, 1, 2)
-    _assert_states(rank0, rank1, exact=True)  # weights and (global) BN statistics agree bit for bit
+    # Weights and (global) BN statistics agree bit for bit, and no buffer was broadcast: G's BN statistics come from
+    # the all-reduced moments and every SN vector from identical weights.
+    assert rank0["broadcast_buffers"] == rank1["broadcast_buffers"] == {"G": False, "D": False}
+    _assert_states(rank0, rank1, exact=True)
     ref_losses, ref_state = reference
     assert len(losses) == STEPS
     _assert_losses_close(losses, ref_losses)
@@ -95,10 +102,28 @@ def test_sync_bn_two_processes_equal_one_process(two_processes: Path, reference)
 
 def test_without_sync_bn_ranks_agree_but_differ_from_one_process(two_processes: Path, reference) -> None:
     losses, (rank0, rank1) = _load(two_processes / "plain")
-    _assert_states(rank0, rank1, exact=True, buffers=False)  # DDP keeps weights identical; BN stats are per rank
+    # DDP keeps weights identical; BN statistics are per rank (so G broadcasts rank 0's), D's SN vectors agree unsent.
+    assert rank0["broadcast_buffers"] == {"G": True, "D": False}
+    _assert_states(rank0, rank1, exact=True, buffers=False)
     ref_losses, _ = reference
     with pytest.raises(AssertionError):
         _assert_losses_close(losses, ref_losses)
+
+
+def test_accumulation_with_no_sync_equals_an_all_reduce_per_micro_batch(two_processes: Path) -> None:
+    """accumulate=2: gradients summed locally and all-reduced once equal the sum of two all-reduced halves (to fp32
+    rounding: the order of the sums differs), seen in the gradient norms before each update and in the losses; every
+    rank holds the same parameters bit for bit (a micro-batch left unreduced would make them differ)."""
+    losses, (rank0, rank1) = _load(two_processes / "accumulate")
+    every_losses, (every0, _) = _load(two_processes / "accumulate_every")
+    _assert_states(rank0, rank1, exact=True)
+    norms, every_norms = (json.loads((two_processes / v / "grad_norms.json").read_text())
+                          for v in ("accumulate", "accumulate_every"))
+    for step, (got, want) in enumerate(zip(norms, every_norms)):
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-5), f"step {step} {key}: {got[key]} vs {want[key]}"
+    _assert_losses_close(losses, every_losses)
+    _assert_states(rank0, every0, exact=False)
 
 
 def _torchrun_train(out_dir: Path, datasets: Path, steps: int, *extra: str) -> Path:

@@ -361,3 +361,38 @@ def test_delta_columns_keep_the_fp32_merge_in_multi_round_gradients(monkeypatch,
     without = errors()
     assert with_columns[0] == without[0] and with_columns[3] == without[3]  # out and dv do not depend on Delta
     assert with_columns[1] < 0.7 * without[1] and with_columns[2] < 0.8 * without[2], (with_columns, without)
+
+
+_MATMUL_OPS = {"mm", "bmm", "addmm", "baddbmm", "addbmm", "matmul", "mv", "dot", "einsum", "linear", "_mm"}
+
+
+@pytest.mark.parametrize("levels", [None, 2])
+def test_hashing_off_the_cpu_runs_no_matmul_and_matches_the_cpu_values(levels):
+    """TF32 on CUDA (``runtime.tf32``, on by default) and XLA's default bf16 passes round matmul operands; SMYRF's
+    hash must stay exact fp32 (near-ties decide clusters). Off the CPU ``hash_rounds`` projects with d+2 multiply-adds
+    (``_project(matmul=False)``): no matmul-family op is dispatched. Its values equal the CPU einsum's (bit for bit on
+    this machine; the CPU itself keeps the einsum, 5-6x faster there, whose values are those of earlier releases)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from smyrf.hashing import _project
+
+    class Ops(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: set[str] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func._overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    q, k = torch.randn(3, 64, 6) * 4, torch.randn(3, 16, 6) * 4
+    q_lift, k_lift = smyrf.asymmetric_transform(q, k)
+    proj = draw_projections(6, 4, torch.Generator().manual_seed(5), levels=levels)  # (d+2, H[, L])
+    with Ops() as ops:
+        hq_fma, hk_fma = _project(q_lift, proj, matmul=False), _project(k_lift, proj, matmul=False)
+    assert ops.names and not ops.names & _MATMUL_OPS, sorted(ops.names & _MATMUL_OPS)
+    with Ops() as ops:
+        hq, hk = smyrf.hash_rounds(q_lift, k_lift, proj)  # CPU: the einsum
+    assert ops.names & _MATMUL_OPS
+    torch.testing.assert_close(hq_fma, hq, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(hk_fma, hk, rtol=1e-6, atol=1e-5)

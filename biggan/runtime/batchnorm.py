@@ -1,8 +1,9 @@
-"""Cross-replica BatchNorm for processes joined by ``torch.distributed`` on the CPU (gloo).
+"""Cross-replica BatchNorm: torch's ``SyncBatchNorm`` on CUDA, ours for processes joined by gloo on the CPU.
 
-torch's ``SyncBatchNorm`` refuses CPU tensors, so the gloo tests could not exercise it; this one all-reduces the
+torch's ``SyncBatchNorm`` refuses CPU tensors, so the gloo tests could not exercise it; ours all-reduces the
 per-channel (Σx, Σx², n) with an autograd-aware sum, so that the backward pass carries the gradient through the global
-mean and variance exactly as one big batch would.
+mean and variance exactly as one big batch would. On CUDA torch's fused kernels do the same without our fp32 copies
+(:func:`convert_sync_bn` picks by device kind). Both keep the parameter and buffer names, so state dicts are unchanged.
 
 Shape legend: B batch; C channels.
 """
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["CrossReplicaBatchNorm", "convert_cross_replica_bn"]
+__all__ = ["CrossReplicaBatchNorm", "convert_cross_replica_bn", "convert_sync_bn", "has_batch_statistics"]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -97,3 +98,20 @@ def convert_cross_replica_bn(module: nn.Module) -> nn.Module:
         if converted is not child:
             setattr(module, name, converted)
     return module
+
+
+def convert_sync_bn(module: nn.Module, kind: str) -> nn.Module:
+    """Every BatchNorm layer of ``module`` made cross-replica: ``torch.nn.SyncBatchNorm`` on ``cuda`` (NCCL, fused
+    kernels), :class:`CrossReplicaBatchNorm` elsewhere (gloo on the CPU). Parameters and buffers are reused.
+
+    Our layers convert as they are: conditional BN holds a plain ``nn.BatchNorm2d(affine=False)`` (its per-sample
+    gain and bias are separate modules) and G's output BN is a plain ``BatchNorm2d``; nothing calls ``F.batch_norm``.
+    """
+    if kind == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return convert_cross_replica_bn(module)
+
+
+def has_batch_statistics(module: nn.Module) -> bool:
+    """Whether ``module`` has BatchNorm running statistics (buffers that depend on each process's own batch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in module.modules())

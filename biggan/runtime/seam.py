@@ -20,13 +20,21 @@ from the hosts' parts. Host 0 logs and writes checkpoints (parameters are replic
 
 GAN + DDP rule: wrap G and D with :meth:`Runtime.wrap_model`; in the G step call the discriminator through
 :meth:`Runtime.unwrap` (D's gradients are not wanted there, and DDP would wait for them); in the D step G runs under
-``torch.no_grad()`` (wrapped or not: DDP prepares no gradient reduction without grad mode).
+``torch.no_grad()`` (wrapped or not: DDP prepares no gradient reduction without grad mode). With gradient
+accumulation every micro-batch but the last runs under :meth:`Runtime.sync` ``(model, last=False)`` (DDP's
+``no_sync``): gradients add up locally and are all-reduced once, in the last micro-batch's backward.
+
+CUDA settings (:func:`_configure_cuda`): ``runtime.tf32`` (TF32 matmuls and convolutions; SMYRF hashes with
+multiply-adds, not a matmul, so its fp32 is exact either way), ``cudnn.benchmark`` (shapes are fixed for a run).
+``runtime.channels_last`` and ``runtime.compile`` apply in :meth:`Runtime.wrap_model` (cpu and cuda; refused on xla).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
+import inspect
 import os
 from typing import Any, ContextManager, Optional
 
@@ -35,7 +43,7 @@ import torch.nn as nn
 
 from biggan.errors import ConfigError
 from biggan.runtime import memory
-from biggan.runtime.batchnorm import convert_cross_replica_bn
+from biggan.runtime.batchnorm import convert_sync_bn, has_batch_statistics
 from biggan.runtime.config import RuntimeConfig
 
 __all__ = ["Runtime"]
@@ -55,6 +63,55 @@ def _resolve_kind(kind: str) -> str:
             "(requirements/xla.txt) or runtime.kind=cpu"
         )
     return kind
+
+
+def _configure_cuda(cfg: RuntimeConfig) -> None:
+    """Process-wide CUDA maths settings: TF32 as ``runtime.tf32`` says, cuDNN autotuning on.
+
+    TF32 rounds matmul and convolution operands to 10-bit mantissas with fp32 accumulation (Ampere and newer). torch
+    already defaults to it for cuDNN convolutions; ``tf32: true`` adds matmuls (linears, dense attention, SN's power
+    iteration), ``false`` turns both off. The SMYRF hash is exact either way (``smyrf.hashing._project`` uses no
+    matmul off the CPU). Its effect on GAN quality is not measured here.
+    ``cudnn.benchmark``: every step has the same shapes, so the per-shape autotuning is paid once (its algorithm choice
+    may differ between runs: CUDA resumes are close, not bit-identical; CPU resumes stay bit-identical).
+    The legacy ``allow_tf32`` flags, not the ``fp32_precision`` ones: on torch 2.9 and 2.14 reading a legacy flag
+    after setting a new one raises (mixed APIs), and other code still reads them; 2.9 only warns of a deprecation.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.benchmark = True
+
+
+def _process_group_options(cfg: RuntimeConfig, kind: str, local_rank: int) -> dict[str, Any]:
+    """``init_process_group`` arguments: NCCL bound to this process's GPU on cuda, gloo elsewhere.
+
+    timeout: while rank 0 writes the demo dataset and the FID reference statistics (a pass of Inception over the whole
+    dataset on first use, loop.py), the other ranks wait in a barrier; torch's default (10 min for NCCL) would kill
+    them first. ``runtime.timeout_min`` (default 60) bounds every collective, so a rank that dies still ends the run.
+    device_id: the NCCL communicator is made for this GPU at once, and barriers need not guess the device.
+    """
+    options: dict[str, Any] = {"backend": "nccl" if kind == "cuda" else "gloo", "init_method": "env://",
+                               "timeout": datetime.timedelta(minutes=cfg.timeout_min)}
+    if kind == "cuda":
+        options["device_id"] = torch.device("cuda", local_rank)
+    return options
+
+
+_RECOMPILE_LIMIT = 64  # graphs per code object under runtime.compile (torch's default: 8)
+
+
+def _allow_recompiles() -> None:
+    """Raise Dynamo's per-code-object recompile limit (process-wide) for ``runtime.compile``.
+
+    Why: SMYRF draws its projections on the host, a graph break inside G's loop over blocks, so Dynamo runs G's own
+    forward eagerly and compiles each block separately; all blocks share one code object (``GBlock.forward``), which
+    needs a graph per block, mode (train, no_grad, eval) and batch size. The shrunk demo (3 blocks) hit torch's limit
+    of 8 in its first tick, after which that code ran eagerly without an error; with 64 it compiled 12 graphs of
+    ``GBlock.forward`` in 3 steps and a tick (G-128 has 5 blocks: about 20 expected, not measured).
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
 
 
 class Runtime:
@@ -78,6 +135,7 @@ class Runtime:
     def setup(cls, cfg: RuntimeConfig) -> "Runtime":
         """Pick the device, join the process group (under torchrun) or set up SPMD (xla)."""
         kind = _resolve_kind(cfg.kind)
+        cfg.check_kind(kind)  # what ``auto`` chose may refuse an option (compile or channels_last on xla)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if kind == "xla":
@@ -88,12 +146,13 @@ class Runtime:
         if kind == "cuda":
             torch.cuda.set_device(local_rank)
             device = torch.device("cuda", local_rank)
+            _configure_cuda(cfg)
         else:
             device = torch.device("cpu")
         if world_size > 1:
             import torch.distributed as dist
 
-            dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo", init_method="env://")
+            dist.init_process_group(**_process_group_options(cfg, kind, local_rank))
         return cls(cfg, kind, device, rank, world_size, local_rank, num_devices=world_size)
 
     @classmethod
@@ -136,25 +195,68 @@ class Runtime:
         return device_rows
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Move to the device; under several processes add cross-replica BN (if asked) and wrap in DDP.
+        """Move to the device (channels_last if asked); under several processes add cross-replica BN (if asked);
+        compile (if asked); under several processes wrap in DDP.
 
-        On one process and under XLA SPMD the model is returned as is (SPMD normalises over the global batch already).
+        On one process and under XLA SPMD the model is not wrapped (SPMD normalises over the global batch already).
+        ``runtime.compile`` compiles the module in place (``nn.Module.compile``): its ``state_dict`` keeps plain keys
+        (no ``_orig_mod.``), :meth:`unwrap` gives the compiled module itself, so D inside the G step and G inside the
+        D step run compiled too, and the EMA copy (made before wrapping) stays an eager module. Inside DDP this means
+        the gradient all-reduce starts when the compiled backward has finished, not bucket by bucket (Dynamo's
+        bucket-splitting applies only to a compiled DDP wrapper, which the unwrapped calls would bypass).
         """
         model = model.to(self.device)
-        if self.world_size == 1 or self.kind == "xla":
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # 4-D weights only; 1-D/2-D ones are unchanged
+        distributed = self._distributed()
+        if distributed and self.cfg.sync_bn:
+            model = convert_sync_bn(model, self.kind)
+        if self.cfg.compile:
+            _allow_recompiles()
+            # dynamic=False: the step's shapes are fixed, so each call site gets its own static graph (a handful:
+            # train/no_grad/eval, B and 2B) rather than symbolic shapes through SMYRF's cluster arithmetic.
+            model.compile(backend=self.cfg.compile_backend, dynamic=False)
+        if not distributed:
             return model
-        if self.cfg.sync_bn:
-            model = convert_cross_replica_bn(model)
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [self.local_rank] if self.kind == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids)
+        # torch >= 2.14 names the per-forward buffer sync forward_sync_buffers (broadcast_buffers warns there); 2.9
+        # knows only broadcast_buffers. Both still broadcast the buffers once when DDP is built.
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        return DistributedDataParallel(model, device_ids=device_ids, **{key: self._broadcast_buffers(model)})
+
+    def _broadcast_buffers(self, model: nn.Module) -> bool:
+        """Whether DDP must copy rank 0's buffers to every rank before each forward.
+
+        Why not always: our buffers are spectral norm's (``u``, ``sv``: power iteration on the weight alone) and
+        BatchNorm's running statistics. SN's are a function of the weights, which DDP keeps identical (same initial
+        values, broadcast once when DDP is built, identical all-reduced updates), so every rank computes the same
+        values; D has only those. BN statistics are the same on every rank only when they are synchronised
+        (``sync_bn``: each rank updates them from the all-reduced batch moments); otherwise each rank's come from its
+        own batch, and rank 0's are broadcast so that G and G_ema (whose buffers are copied from G) agree across ranks
+        for grids and sharded FID. tests/test_ddp.py checks that the buffers stay identical without the broadcast.
+        Saves DDP's coalesced broadcast of every buffer before each forward of a wrapped network (at the paper
+        config G-128 holds 115 buffers, 63k values; D-128 36 buffers, 12k values); not timed here (no GPU).
+        """
+        return has_batch_statistics(model) and not self.cfg.sync_bn
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The plain module inside a DDP wrapper (for EMA, checkpoints, and D inside the G step)."""
         from torch.nn.parallel import DistributedDataParallel
 
         return model.module if isinstance(model, DistributedDataParallel) else model
+
+    def sync(self, model: nn.Module, last: bool) -> ContextManager:
+        """Context for one accumulation micro-batch's forward and backward of the network being trained: DDP's
+        ``no_sync`` unless ``last`` (gradients add up locally; the last backward all-reduces their sum once, which
+        is DDP's documented equivalent of reducing every micro-batch); a no-op context for an unwrapped model."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        if last or not isinstance(model, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return model.no_sync()
 
     def shard_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Move a host batch ``(B, ...)`` to the device; under SPMD shard dim 0 over the ``data`` mesh axis.
@@ -163,7 +265,10 @@ class Runtime:
         Under multi-host SPMD ``x`` is this host's part of the global batch.
         """
         if self._mesh is None:
-            return x.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)
+            if self.cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)  # (B, C, h, w) images, stored channels innermost
+            return x
         import torch_xla.core.xla_model as xm
         import torch_xla.distributed.spmd as xs
 

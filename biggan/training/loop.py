@@ -96,7 +96,7 @@ class _Trainer:
         self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
         self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
-        self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate)
+        self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate, sync=runtime.sync)
         n_classes = class_count(cfg.model)
         self.fixed_z, self.fixed_y, self.grid_nrow = self._grid_latents(n_classes)
         self.augment = None if cfg.train.augment == "none" else DiffAugment(

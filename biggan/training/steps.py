@@ -10,7 +10,8 @@ BigGAN details kept here:
 - ``requires_grad`` is switched off for the network that is not being trained, so no gradient is computed for it.
 - ``augment`` (DiffAugment, :mod:`biggan.training.augment`): D sees ``augment(x)`` for fakes and reals in the D step
   (each half drawn separately, same policy) and for the fakes in the G step, whose gradient flows through it.
-- Gradient accumulation splits the batch into ``accumulate`` micro-batches, each loss scaled by ``1/accumulate``.
+- Gradient accumulation splits the batch into ``accumulate`` micro-batches, each loss scaled by ``1/accumulate``;
+  each micro-batch of the trained network runs inside ``ctx.sync(net, last)`` (DDP: no all-reduce until the last).
 - Under bf16 autocast the logits are cast to fp32 before the loss; SN power iteration and SMYRF hashing keep fp32
   inside the model layers.
 
@@ -19,6 +20,7 @@ Shape legend: B batch, C channels, h×w spatial size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
@@ -30,6 +32,10 @@ from biggan.training.losses import DLoss
 __all__ = ["StepContext", "d_step", "g_step", "set_requires_grad", "grad_norm"]
 
 
+def _always_sync(model: nn.Module, last: bool) -> ContextManager:
+    return contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What both steps take from the run, besides networks, optimisers and batches.
@@ -38,11 +44,14 @@ class StepContext:
         optimizer_step: ``runtime.optimizer_step`` (applies the gradients on every device kind).
         autocast: ``runtime.autocast`` (bf16 autocast when configured, else a no-op context).
         accumulate: micro-batches per update; each micro-batch loss is scaled by ``1/accumulate``.
+        sync: ``runtime.sync``: ``sync(net, last)`` is the context of one micro-batch's forward and backward of the
+            trained network (DDP's ``no_sync`` unless ``last``); the default is a no-op context.
     """
 
     optimizer_step: Callable[[torch.optim.Optimizer], None]
     autocast: Callable[[], ContextManager]
     accumulate: int = 1
+    sync: Callable[[nn.Module, bool], ContextManager] = _always_sync
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -98,18 +107,20 @@ def d_step(
     opt_D.zero_grad(set_to_none=True)
     out = {key: torch.zeros((), device=x_real.device) for key in ("D_real", "D_fake", "D_out_real", "D_out_fake")}
     accumulate = ctx.accumulate
-    for x_mb, z_mb, y_mb in zip(x_real.chunk(accumulate), z.chunk(accumulate), _chunks(y, accumulate)):
+    for index, (x_mb, z_mb, y_mb) in enumerate(zip(x_real.chunk(accumulate), z.chunk(accumulate),
+                                                    _chunks(y, accumulate))):
         with torch.no_grad(), ctx.autocast():
             x_fake = G(z_mb, y_mb)
         x_fake = x_fake.to(x_mb.dtype)
         if augment is not None:
             x_fake, x_mb = augment(x_fake), augment(x_mb)  # same policy, each image its own draw
         y_both = None if y_mb is None else torch.cat([y_mb, y_mb])
-        with ctx.autocast():
-            logits = D(torch.cat([x_fake, x_mb]), y_both)  # (2B,)
-        d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
-        terms = loss(d_real, d_fake)
-        (terms.total / accumulate).backward()
+        with ctx.sync(D, index == accumulate - 1):
+            with ctx.autocast():
+                logits = D(torch.cat([x_fake, x_mb]), y_both)  # (2B,)
+            d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
+            terms = loss(d_real, d_fake)
+            (terms.total / accumulate).backward()
         out["D_real"] += terms.real.detach() / accumulate
         out["D_fake"] += terms.fake.detach() / accumulate
         out["D_out_real"] += d_real.detach().mean() / accumulate
@@ -154,16 +165,17 @@ def g_step(
     out = {"G": torch.zeros((), device=z.device)}
     accumulate = ctx.accumulate
     for index, (z_mb, y_mb) in enumerate(zip(z.chunk(accumulate), _chunks(y, accumulate))):
-        with ctx.autocast():
-            x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
-            if augment is not None:
-                x_fake = augment(x_fake)
-            d_fake = D(x_fake, y_mb)  # (B,)
-        g_loss = loss(d_fake.float())
-        total = g_loss / accumulate
-        if regularize is not None and index == 0:
-            total = total + regularize()
-        total.backward()
+        with ctx.sync(G, index == accumulate - 1):  # forward and backward: DDP decides in the forward
+            with ctx.autocast():
+                x_fake = G(z_mb, y_mb)  # (B, 3, h, w)
+                if augment is not None:
+                    x_fake = augment(x_fake)
+                d_fake = D(x_fake, y_mb)  # (B,)
+            g_loss = loss(d_fake.float())
+            total = g_loss / accumulate
+            if regularize is not None and index == 0:
+                total = total + regularize()
+            total.backward()
         out["G"] += g_loss.detach() / accumulate
     out["G_grad_norm"] = grad_norm(G)
     ctx.optimizer_step(opt_G)
