@@ -5,7 +5,9 @@
 
 The same BatchStream (x-flips, labels, two epochs) read in the step (``data.prefetch=0``: ``shard_batch``) and ahead
 (``prefetch=2``: torch-xla's ParallelLoader with the runtime's batch sharding): the batches' values, their shardings,
-the consumed stream position with a full queue, and an error of the host stream raised in the main thread.
+the consumed stream position with a full queue, an error of the host stream raised in the main thread, and the graphs
+(each case's steps also use a value computed before the first batch, as the training loop's first step uses the
+model's set-up: the read-ahead path runs first and the in-step path must then compile nothing new).
 """
 
 from __future__ import annotations
@@ -55,16 +57,27 @@ def main() -> None:
     out = parser.parse_args().out
     rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=True))
     import torch_xla
+    import torch_xla.debug.metrics as met
 
-    runs, shardings = {}, {}
-    for prefetch in (0, 2):
+    def compiles() -> int:
+        data = met.metric_data("CompileTime")
+        return 0 if data is None else data[0]
+
+    runs, shardings, new_compiles = {}, {}, {}
+    for prefetch in (2, 0):
         stream = _stream(Images())
         loader = rt.device_loader(lambda: stream, _reals, prefetch)
-        batches = []
+        setup = torch.arange(4.0).to(rt.device) * 3  # pending (not yet executed) when the first batch is asked for
+        batches, new_compiles[prefetch] = [], 0
         for _ in range(9):  # 6 batches per epoch: crosses into the second
+            before = compiles()
             x, y = next(loader)
+            used = x.mean() + setup.sum()
+            setup = setup + 1
             rt.mark_step()
-            batches.append((x.cpu(), y.cpu()))
+            new_compiles[prefetch] += compiles() - before  # the graphs up to the step's end, not the reads below
+            batches.append((x.cpu(), y.cpu()))  # (each read of a sharded tensor compiles its own gather, every time)
+            used.cpu()
         shardings[prefetch] = [torch_xla._XLAC._get_xla_sharding_spec(t) for t in (x, y)]
         if prefetch:
             deadline = time.monotonic() + 60
@@ -93,6 +106,7 @@ def main() -> None:
         "labels_as_cpu": all(torch.equal(b, d) for (_, b), (_, d) in zip(ahead, host)),
         "sharding_sync": shardings[0], "sharding_prefetch": shardings[2],
         "consumed_position": [ahead_state["position"], sync_state["position"]],
+        "new_compiles": [new_compiles[2], new_compiles[0]],
         "error": error,
         "input_threads_left": [t.name for t in threading.enumerate() if t is not threading.main_thread()
                                and t.is_alive() and not t.daemon],
