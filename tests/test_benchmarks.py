@@ -53,3 +53,12 @@ def test_smyrf_cuda_check_runs_its_code_paths_on_cpu(tmp_path: Path) -> None:
     assert {r["stage"] for r in rows} == {"fp32", "bf16", "syncs", "time"}
     assert not [r for r in rows if r["ok"] is False], proc.stdout
     assert any(r["case"] == "smyrf math @30" and r["ok"] for r in rows)
+
+
+def test_input_pipeline_benchmark_reports_both_cases(tmp_path: Path) -> None:
+    out = tmp_path / "input_pipeline.json"
+    _run("input_pipeline.py", "--res", "32", "--batch", "4", "--images", "16", "--steps", "2", "--rounds", "1",
+         "--step-ms", "1", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert [r["step"] for r in results] == ["sleep", "matmul"]
+    assert all(set(r["cases"]) == {"in_step", "prefetch2"} and r["ratio_read"] > 0 for r in results)

@@ -9,7 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from biggan.data import BatchStream, DataConfig, FolderDataset, PreparedDataset, build_dataset, ensure_synthetic_dataset
+from biggan.data import (
+    BatchStream,
+    DataConfig,
+    FolderDataset,
+    HostBatch,
+    PreparedDataset,
+    build_dataset,
+    ensure_synthetic_dataset,
+    model_input,
+)
 from biggan.data.prepared import ARRAY_FILE, MANIFEST_FILE
 from biggan.errors import ConfigError, DataError
 
@@ -35,8 +44,14 @@ class Indexed:
         return idx[:, None, None, None].expand(-1, 3, self.res, self.res).clone()  # (B, 3, res, res)
 
 
-def ids(batch: torch.Tensor) -> list[int]:
-    return ((batch[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+def ids(batch: HostBatch | torch.Tensor) -> list[int]:
+    """Which images of :class:`Indexed` a host batch (uint8) or a model-input batch (float in [-1, 1]) holds."""
+    x = batch.images if isinstance(batch, HostBatch) else batch
+    return x[:, 0, 0, 0].long().tolist() if x.dtype == torch.uint8 else ((x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+
+
+def same(a: HostBatch, b: HostBatch) -> bool:
+    return all((u is None and v is None) or torch.equal(u, v) for u, v in zip(a, b))
 
 
 # --- demo dataset -----------------------------------------------------------------------------------------------------
@@ -121,10 +136,31 @@ def test_folder_dataset_errors(tmp_path):
         ds[1]
 
 
+def test_folder_workers_decode_the_same_batch_in_order(tmp_path):
+    """Decoding in worker processes (data.workers) gives the serial decode's batch, in the indices' order; a bad file
+    still raises its DataError, naming it, in the caller."""
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    serial, pooled = FolderDataset(tmp_path, 8), FolderDataset(tmp_path, 8, workers=2)
+    indices = np.array([5, 0, 3, 3, 1, 4, 2])
+    try:
+        assert torch.equal(pooled.get_batch(indices), serial.get_batch(indices))
+        (tmp_path / "0.png").write_bytes(b"not a png")
+        with pytest.raises(DataError, match=r"0\.png"):
+            pooled.get_batch(indices)
+    finally:
+        pooled.close()
+    assert pooled._pool is None
+
+
 # --- batch stream -----------------------------------------------------------------------------------------------------
 
 def test_stream_batches_are_images_in_range(demo):
-    x = next(BatchStream(demo, 8, seed=0))
+    batch = next(BatchStream(demo, 8, seed=0))
+    assert batch.images.shape == (8, 3, 32, 32) and batch.images.dtype == torch.uint8
+    assert batch.flip is None and batch.labels is None  # no data.xflip, no labels
+    x = model_input(batch.images, batch.flip)
     assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32
     assert x.min() >= -1 and x.max() <= 1 and x.min() < -0.5 and x.max() > 0.5
 
@@ -157,18 +193,43 @@ def test_stream_resume_is_bit_identical(demo):
     resumed = BatchStream(demo, 16, seed=7, xflip=True)
     resumed.load_state_dict(state)
     for want in expected:
-        assert torch.equal(next(resumed), want)
+        assert same(next(resumed), want)
     assert all(type(v) is int for v in state.values())  # checkpoint-safe plain values
 
 
 def test_stream_xflip_is_deterministic_and_flips_some(demo):
-    plain = next(BatchStream(demo, 32, seed=1))
-    flipped = next(BatchStream(demo, 32, seed=1, xflip=True))
-    again = next(BatchStream(demo, 32, seed=1, xflip=True))
+    plain, flipped, again = (model_input(*next(BatchStream(demo, 32, seed=1, xflip=x))[:2]) for x in (False, True, True))
     assert torch.equal(flipped, again)
     same = [torch.equal(p, f) for p, f in zip(plain, flipped)]
     mirrored = [torch.equal(p.flip(2), f) for p, f in zip(plain, flipped)]
     assert all(s or m for s, m in zip(same, mirrored)) and 5 < sum(mirrored) < 27
+
+
+def test_model_input_is_the_former_host_formula_bit_for_bit():
+    """Normalisation and flip moved to the device as one function: the values are those of the old host path."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), generator=g, dtype=torch.uint8)  # (B, 3, h, w), every value
+    images[0] = torch.arange(192, dtype=torch.uint8).reshape(3, 8, 8)
+    images[1] = torch.arange(64, 256, dtype=torch.uint8).reshape(3, 8, 8)
+    flip = torch.rand(16, generator=g) < 0.5  # (B,)
+    old = images.float() / 127.5 - 1.0  # the former BatchStream.__next__
+    old_flipped = torch.where(flip[:, None, None, None], old.flip(3), old)
+    assert torch.equal(model_input(images), old)
+    assert torch.equal(model_input(images, flip), old_flipped)
+    assert model_input(images).min() == -1.0 and model_input(images[1:2]).max() == 1.0
+
+
+def test_stream_fork_and_skip_follow_the_same_batches(demo):
+    stream = BatchStream(demo, 16, seed=5, xflip=True)
+    next(stream)
+    fork = stream.fork()
+    ahead = [next(fork) for _ in range(6)]  # crosses an epoch (4 batches per epoch)
+    for want in ahead[:3]:
+        assert same(next(stream), want)
+    for _ in ahead[3:]:
+        stream.skip()  # the consumed cursor of a read-ahead: no batch read, the same place
+    assert stream.state_dict() == fork.state_dict() and (stream.epoch, stream.position) == (1, 3)
+    assert same(next(stream), next(fork))
 
 
 def test_stream_errors():
@@ -230,17 +291,16 @@ def test_stream_labels_follow_the_images_and_resume(tmp_path):
     labels = np.arange(40, dtype=np.int64) % 7  # image i has class i % 7
     stream = BatchStream(Indexed(40), 8, seed=3, labels=labels, rank=1, world_size=2)
     for _ in range(4):  # crosses an epoch (2 batches per rank per epoch)
-        x, y = next(stream)
-        assert y.dtype == torch.int64 and y.tolist() == [i % 7 for i in ids(x)]
+        batch = next(stream)
+        assert batch.labels.dtype == torch.int64 and batch.labels.tolist() == [i % 7 for i in ids(batch)]
     state = stream.state_dict()
     expected = [next(stream) for _ in range(3)]
     resumed = BatchStream(Indexed(40), 8, seed=3, labels=labels, rank=1, world_size=2)
     resumed.load_state_dict(state)
-    for want_x, want_y in expected:
-        got_x, got_y = next(resumed)
-        assert torch.equal(got_x, want_x) and torch.equal(got_y, want_y)
+    for want in expected:
+        assert same(next(resumed), want)
     assert [ids(next(BatchStream(Indexed(40), 8, seed=3))) for _ in range(2)] == \
-        [ids(next(BatchStream(Indexed(40), 8, seed=3, labels=labels))[0]) for _ in range(2)]  # same order either way
+        [ids(next(BatchStream(Indexed(40), 8, seed=3, labels=labels))) for _ in range(2)]  # same order either way
 
 
 def test_labels_for_run(tmp_path, demo):

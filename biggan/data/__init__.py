@@ -1,8 +1,9 @@
 """Training data: the prepared uint8 memmap format, raw folders, the demo dataset and the batch stream.
 
 Datasets yield uint8 ``(3, res, res)`` images and uint8 ``(B, 3, res, res)`` batches via ``get_batch``, and carry
-``class_labels`` (:class:`ClassLabels`, or None when unlabelled); :class:`BatchStream` turns them into float
-``(B, 3, res, res)`` in [-1, 1], with int64 ``(B,)`` labels when given them (B batch, res resolution).
+``class_labels`` (:class:`ClassLabels`, or None when unlabelled); :class:`BatchStream` turns them into a deterministic,
+resumable stream of :class:`HostBatch` (uint8 images, bool ``(B,)`` flips, int64 ``(B,)`` labels when given them), and
+:func:`model_input` makes the float ``(B, 3, res, res)`` in [-1, 1] from them on the device (B batch, res resolution).
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 from biggan.data.config import DataConfig
 from biggan.data.folder import FolderDataset
 from biggan.data.labels import ClassLabels, discover_classes, labels_for_run, no_labels_error
+from biggan.data.model_input import model_input
 from biggan.data.prepared import PreparedDataset
-from biggan.data.stream import BatchStream, ImageSource
+from biggan.data.stream import BatchStream, HostBatch, ImageSource
 from biggan.data.synthetic import ensure_synthetic_dataset
 
 __all__ = [
     "DataConfig",
     "BatchStream",
+    "HostBatch",
     "ImageSource",
+    "model_input",
     "FolderDataset",
     "PreparedDataset",
     "build_dataset",
@@ -42,4 +46,4 @@ def build_dataset(cfg: DataConfig, resolution: int, n_classes: int | None = None
         return PreparedDataset(root, resolution)
     if cfg.kind == "prepared":
         return PreparedDataset(cfg.path, resolution)
-    return FolderDataset(cfg.path, resolution, labelled=labelled)
+    return FolderDataset(cfg.path, resolution, labelled=labelled, workers=cfg.workers)

@@ -1,4 +1,4 @@
-"""Dataset settings: which kind of dataset, where it is, and the demo dataset's size and seed."""
+"""Dataset settings: which kind of dataset, where it is, how it is read ahead, and the demo dataset's size and seed."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ class DataConfig(Section):
     kind: Literal["synthetic", "prepared", "folder"] = "synthetic"  # demo faces | prepare_celebahq output | raw images
     path: str = "datasets"  # synthetic: parent of demo<res>/; prepared: the prepared directory; folder: image folder
     xflip: bool = False  # random horizontal flips of training images (never applied to FID reference statistics)
+    prefetch: int = number(2, ge=0)  # batches a background thread reads ahead (pinned, on CUDA); 0: in the step
+    workers: int = number(4, ge=0)  # kind folder: processes that decode images (0: decode in the loading thread)
     synthetic_num_images: int = number(4096, ge=1)  # size of the generated demo dataset
     synthetic_seed: int = number(0, ge=0)  # seed of the generated demo dataset (same seed -> same images)
 

@@ -220,6 +220,9 @@ class PreparedDataset:
         batch[order] = self.images[indices[order]]
         return torch.from_numpy(batch)
 
+    def close(self) -> None:
+        """Nothing to stop: a memmap gather needs no worker processes (the same call as ``FolderDataset.close``)."""
+
     def reference_stats_path(self, dims: int) -> Path:
         """The FID reference statistics of this dataset at ``dims`` (may not exist yet)."""
         return self.root / stats_filename(dims)

@@ -6,20 +6,26 @@ Epoch ``e`` visits the images in the permutation drawn from ``(seed, e)``; rank 
 depends only on ``(seed, epoch, position, rank, world_size)``: saving ``(epoch, position)`` is enough to resume
 bit-identically. Batches index the uint8 memmap directly; there is no DataLoader and no per-step JPEG decode.
 
-With ``labels`` (one class index per image, for ``conditioning: class``) a batch is ``(x, y)``: the labels of the same
-indices, so they follow the order, the shards and a resume exactly as the images do.
+A batch is a :class:`HostBatch` of host tensors: the uint8 images, the flip mask and the labels. Turning pixels into
+model input (``x / 127.5 - 1`` and the flip) is :func:`biggan.data.model_input.model_input`, which runs on the device
+after the 4x smaller uint8 copy (the runtime's loader calls it). With ``labels`` (one class index per image, for
+``conditioning: class``) the labels are those of the same indices, so they follow the order, the shards and a resume
+exactly as the images do.
+
+A prefetching loader reads ahead on a :meth:`BatchStream.fork` in another thread while this stream stays the cursor of
+the batches the step has consumed (:meth:`BatchStream.skip`): its :meth:`state_dict` is what a checkpoint saves.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import numpy as np
 import torch
 
 from biggan.errors import DataError
 
-__all__ = ["BatchStream"]
+__all__ = ["BatchStream", "HostBatch", "ImageSource"]
 
 
 class ImageSource(Protocol):
@@ -27,9 +33,16 @@ class ImageSource(Protocol):
     def get_batch(self, indices: np.ndarray) -> torch.Tensor: ...  # uint8 (B, 3, res, res)
 
 
+class HostBatch(NamedTuple):
+    """One batch on the host, before the device: what ``model_input`` and the labels are made from."""
+
+    images: torch.Tensor  # uint8 (B, 3, res, res)
+    flip: Optional[torch.Tensor]  # bool (B,): mirror image i along its width; None without data.xflip
+    labels: Optional[torch.Tensor]  # int64 (B,); None for an unlabelled stream
+
+
 class BatchStream:
-    """``next(stream)`` -> float ``(B, 3, res, res)`` in [-1, 1] on the CPU, forever; with ``labels``, the pair
-    ``(x, y)`` with y int64 ``(B,)``."""
+    """``next(stream)`` -> :class:`HostBatch` (uint8 images, flip mask, labels) on the CPU, forever."""
 
     def __init__(self, dataset: ImageSource, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  xflip: bool = False, labels: Optional[np.ndarray] = None) -> None:
@@ -65,30 +78,42 @@ class BatchStream:
     def __iter__(self) -> BatchStream:
         return self
 
-    def __next__(self) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def _advance(self) -> slice:
+        """Step the cursor one batch (into the next epoch when this one is used up); the batch's span in the plan."""
         if self.position >= self.batches_per_epoch:
             self.epoch += 1
             self.position = 0
-        if self._plan_epoch != self.epoch:
-            self._plan()
         span = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
         self.position += 1
-        images = self.dataset.get_batch(self._indices[span])  # (B, 3, res, res) uint8
-        x = images.float() / 127.5 - 1.0
-        if self.xflip:
-            flip = torch.from_numpy(self._flips[span])  # (B,)
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        if self.labels is not None:
-            return x, torch.from_numpy(self.labels[self._indices[span]])  # (B, 3, res, res), (B,)
-        return x
+        return span
+
+    def __next__(self) -> HostBatch:
+        span = self._advance()
+        if self._plan_epoch != self.epoch:
+            self._plan()
+        indices = self._indices[span]  # (B,)
+        images = self.dataset.get_batch(indices)  # (B, 3, res, res) uint8
+        flip = torch.from_numpy(self._flips[span].copy()) if self.xflip else None  # (B,) bool
+        labels = None if self.labels is None else torch.from_numpy(self.labels[indices])  # (B,) int64
+        return HostBatch(images, flip, labels)
+
+    def skip(self) -> None:
+        """Move past one batch without reading it (the consumed cursor of a prefetching loader)."""
+        self._advance()
+
+    def fork(self) -> BatchStream:
+        """An independent stream at this one's place: the same batches from here on (a loader's read-ahead copy)."""
+        stream = BatchStream(self.dataset, self.batch_size, self.seed, self.rank, self.world_size, self.xflip,
+                             self.labels)
+        stream.epoch, stream.position = self.epoch, self.position
+        return stream
 
     def reseeded(self, seed: int) -> BatchStream:
         """This stream with another data-order seed, at the same epoch and position (a divergence rollback's retry)."""
         if seed == self.seed:
             return self
-        stream = BatchStream(self.dataset, self.batch_size, seed, self.rank, self.world_size, self.xflip,
-                             self.labels)
-        stream.epoch, stream.position = self.epoch, self.position
+        stream = self.fork()
+        stream.seed = seed
         return stream
 
     def state_dict(self) -> dict[str, Any]:

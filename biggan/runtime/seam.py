@@ -36,7 +36,7 @@ import datetime
 import importlib.util
 import inspect
 import os
-from typing import Any, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 import torch.nn as nn
@@ -270,10 +270,24 @@ class Runtime:
                 x = x.contiguous(memory_format=torch.channels_last)  # (B, C, h, w) images, stored channels innermost
             return x
         import torch_xla.core.xla_model as xm
+
+        return xm.send_cpu_data_to_device([x], self.device, input_sharding=self.batch_sharding(x.dim()))[0]
+
+    def batch_sharding(self, ndim: int) -> Any:
+        """Under SPMD the ShardingSpec of a ``ndim``-D batch input: dim 0 over the ``data`` mesh axis (each host's part
+        of the global batch under multi-host); None elsewhere."""
+        if self._mesh is None:
+            return None
         import torch_xla.distributed.spmd as xs
 
-        spec = xs.ShardingSpec(self._mesh, ("data",) + (None,) * (x.dim() - 1), minibatch=self.world_size > 1)
-        return xm.send_cpu_data_to_device([x], self.device, input_sharding=spec)[0]
+        return xs.ShardingSpec(self._mesh, ("data",) + (None,) * (ndim - 1), minibatch=self.world_size > 1)
+
+    def device_loader(self, source: Callable[[], Any], on_device: Callable[..., Any], prefetch: int) -> Any:
+        """Batches of the host stream ``source()`` on the device, read ``prefetch`` ahead (:mod:`biggan.runtime.loader`:
+        a thread with pinned memory on CUDA, torch-xla's MpDeviceLoader with this sharding on XLA; 0 = in the step)."""
+        from biggan.runtime.loader import DeviceLoader
+
+        return DeviceLoader(self, source, on_device, prefetch)
 
     def autocast(self) -> ContextManager:
         """bf16 autocast for forward passes when ``precision: bf16``; a no-op context otherwise."""

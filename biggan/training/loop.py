@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from biggan.checkpoint import find_latest, save_checkpoint
-from biggan.data import build_dataset, labels_for_run
+from biggan.data import build_dataset, labels_for_run, model_input
 from biggan.generation.classes import class_count, class_grid, grid_classes
 from biggan.generation.generate import generate
 from biggan.generation.latents import latents_for_seeds
@@ -84,9 +84,19 @@ def run(cfg: Config, runtime: Runtime, resume: Optional[str] = None, echo: bool 
     runtime.barrier()
     logger = RunLogger(run_dir, enabled=runtime.is_main, echo=echo)
     try:
-        return _Trainer(cfg, runtime, run_dir, logger).train(resume, init_from)
+        trainer = _Trainer(cfg, runtime, run_dir, logger)
+        try:
+            return trainer.train(resume, init_from)
+        finally:
+            trainer.close()  # the input threads and decode processes: at the end, on errors and on preemption
     finally:
         logger.close()
+
+
+def _reals(images: torch.Tensor, flip: Optional[torch.Tensor],
+           labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A placed host batch (uint8 images, flips, labels) -> the D step's reals (float in [-1, 1]) and labels."""
+    return model_input(images, flip), labels  # (B, 3, h, w), (B,) or None
 
 
 class _Trainer:
@@ -110,6 +120,9 @@ class _Trainer:
         labels = None if n_classes is None else labels_for_run(dataset, n_classes, f"data.path {cfg.data.path}")
         self.label_table = None if labels is None else torch.from_numpy(labels.labels)  # (N,) int64
         self.state.attach_data(dataset, labels)
+        self.dataset = dataset
+        # The step consumes state.stream (replaced on resume and rollback); data.prefetch batches are read ahead.
+        self.batches = runtime.device_loader(lambda: self.state.stream, _reals, cfg.data.prefetch)
         if cfg.fid.every:
             from biggan.fid.suite import build_metric_suite
 
@@ -276,11 +289,12 @@ class _Trainer:
 
     def _real_batch(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The next real batch on the device, with its labels in a class-conditional run."""
-        batch = next(self.state.stream)
-        if self.label_table is None:
-            return self.runtime.shard_batch(batch), None
-        x, y = batch
-        return self.runtime.shard_batch(x), self.runtime.shard_batch(y)
+        return next(self.batches)  # (B, 3, h, w), (B,) or None
+
+    def close(self) -> None:
+        """Stop the input pipeline's threads and the dataset's decode processes."""
+        self.batches.close()
+        self.dataset.close()
 
     def _ortho_reg(self) -> torch.Tensor:
         """BigGAN's orthogonal regulariser on G's weights, as a loss term."""
