@@ -3,8 +3,10 @@
 ``scripts/xla_env.sh`` creates the venv (torch 2.9.0, torch-xla 2.9.0; ~4 GB download, first time only) under the user
 cache, keyed by requirements/xla.txt. tests/xla/checks.py runs there in two processes: one XLA device, then SPMD over
 ``CPU_NUM_DEVICES=2`` (SPMD is process-wide). This file compares their results with each other, with CPU eager mode,
-and with this (main-stack) process. Multi-process XLA (``xmp.spawn``) is not tested: its CPU collectives hang upstream
-(pytorch/xla #5005); SPMD is the multi-device path.
+and with this (main-stack) process. ``smyrf_spmd`` and ``step_spmd`` count the collectives in the optimised HLO (SMYRF
+alone; a whole training step and FID sampling on 2 and 4 devices); tests/xla/hosts.py simulates two SPMD hosts as two
+processes. Multi-process XLA (``xmp.spawn``) is not tested: its CPU collectives hang upstream (pytorch/xla #5005);
+SPMD is the multi-device path.
 
 If the venv cannot be created (no network), the tests fail under CI (``CI=true``) and skip elsewhere.
 """
