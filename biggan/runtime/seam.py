@@ -267,7 +267,8 @@ class Runtime:
     def gather_to_main(self, obj: Any) -> Optional[list[Any]]:
         """Every process's ``obj`` (picklable, small) as a list by rank on the main process, None on the others.
 
-        All processes must call it (checkpoint time: each one's RNG states). One process, SPMD included: ``[obj]``.
+        All processes must call it (checkpoint time: each one's RNG states): DDP ranks, or multi-host SPMD's hosts
+        (over their gloo group). One process, single-host SPMD included: ``[obj]``.
         """
         if not (self._distributed() or self._host_group):
             return [obj]
