@@ -43,6 +43,7 @@ from torch import Tensor
 
 from smyrf.kernels import BlockKernel, get_kernel
 from smyrf.routing import Routing, default_routing, make_route
+from smyrf.summary import logaddexp
 
 __all__ = ["smyrf_fused", "chunk_budget"]
 
@@ -184,7 +185,7 @@ class _SmyrfFunction(torch.autograd.Function):
         out = acc if acc.shape[-1] == dv else acc[..., :dv].contiguous()  # (B, Nq, dv), the fp32 merge
         if out_x is not None:  # merge the extra softmax terms (module docstring); the merged (out, L) is saved
             lse_x32 = lse_x.unsqueeze(-1).to(lse.dtype)  # (B, Nq, 1)
-            merged = torch.logaddexp(lse, lse_x32)
+            merged = logaddexp(lse, lse_x32)  # (B, Nq, 1); torch.logaddexp runs on the host on XLA
             out = out * torch.exp(lse - merged) + out_x.to(out.dtype) * torch.exp(lse_x32 - merged)  # (B, Nq, dv)
             lse = merged
         ctx.save_for_backward(q, k, v, perm_q, perm_k, out, lse, out_x, lse_x)

@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Summary", "SUMMARIES", "cluster_summaries", "merge_softmax"]
+__all__ = ["Summary", "SUMMARIES", "cluster_summaries", "merge_softmax", "logaddexp"]
 
 Summary = Literal["none", "mean", "taylor"]
 SUMMARIES: tuple[str, ...] = ("none", "mean", "taylor")
@@ -68,9 +68,12 @@ def _summaries(q: Tensor, k: Tensor, v: Tensor, perm_q: Tensor, perm_k: Tensor, 
     # vectorised exp of -inf took ~10x longer per element on CPU.
     # The shift is the largest *other* logit, so the sum below is >= 1 even when the own cluster's logit is far
     # above the rest (DINOv2: by 100 and more); the own entry is replaced before exp (no overflow) and then zeroed.
-    own = _query_clusters(perm_q, nc).unsqueeze(-1)  # (B, Nq, 1)
-    top = logits.detach().scatter(-1, own, -math.inf).amax(-1, keepdim=True)  # (B, Nq, 1)
-    weights = torch.exp((logits - top).scatter(-1, own, 0.0)).scatter(-1, own, 0.0)  # (B, Nq, nc)
+    # The own cluster is a mask compared elementwise, not a scatter into the logits: under XLA SPMD with the batch
+    # sharded the partitioner all-gathered the scattered (B, Nq, 1) tensors (2 all-gathers of f32[4,1024,1] on 2
+    # devices, tests/xla/checks.py smyrf_spmd); a comparison and masked_fill stay on each device's rows.
+    own = _query_clusters(perm_q, nc).unsqueeze(-1) == torch.arange(nc, device=q.device)  # (B, Nq, nc) bool
+    top = logits.detach().masked_fill(own, -math.inf).amax(-1, keepdim=True)  # (B, Nq, 1)
+    weights = torch.exp((logits - top).masked_fill(own, 0.0)).masked_fill(own, 0.0)  # (B, Nq, nc)
     total = weights.sum(-1, keepdim=True)  # (B, Nq, 1), >= 1
     probs = weights / total  # (B, Nq, nc)
     lse = (top + torch.log(total)).squeeze(-1) + math.log(ck * n_hashes)  # (B, Nq)
@@ -134,5 +137,12 @@ def cluster_summaries(
 
 def merge_softmax(out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor) -> Tensor:
     """The softmax over the union of two sets of logits from their parts: (out (B, Nq, dv), L (B, Nq)) each."""
-    lse = torch.logaddexp(lse_a, lse_b)  # (B, Nq)
+    lse = logaddexp(lse_a, lse_b)  # (B, Nq)
     return out_a * torch.exp(lse_a - lse).unsqueeze(-1) + out_b * torch.exp(lse_b - lse).unsqueeze(-1)
+
+
+def logaddexp(a: Tensor, b: Tensor) -> Tensor:
+    """log(exp(a) + exp(b)) for finite a, b, as max + log1p(exp(-|a - b|)): ``torch.logaddexp`` has no XLA lowering
+    in torch-xla 2.9, so it ran on the host and read SMYRF's (B, Nq, 1) logsumexps back in every forward with
+    summaries (2 host transfers per call, which under SPMD also all-gathered them: tests/xla/checks.py smyrf_spmd)."""
+    return torch.maximum(a, b) + torch.log1p(torch.exp(-(a - b).abs()))

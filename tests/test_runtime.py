@@ -13,7 +13,15 @@ import torch.distributed as dist
 from torch import nn
 
 from biggan.errors import ConfigError
-from biggan.runtime import CrossReplicaBatchNorm, Runtime, RuntimeConfig, convert_cross_replica_bn
+from biggan.models import AttentionConfig, ModelConfig, NetworkConfig
+from biggan.runtime import (
+    CrossReplicaBatchNorm,
+    Runtime,
+    RuntimeConfig,
+    SPMDBatchNorm,
+    convert_cross_replica_bn,
+    convert_spmd_bn,
+)
 
 
 @pytest.fixture
@@ -361,3 +369,70 @@ def test_compile_on_the_demo_model_trains_like_eager(tmp_path, tiny_config) -> N
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (got["step"], key)
     for net in ("G", "D", "G_ema"):
         assert set(ckpt[net]) == set(eager_ckpt[net]) and not any("_orig_mod" in k for k in ckpt[net])
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_spmd_bn_matches_batchnorm(momentum: float | None) -> None:
+    """SPMDBatchNorm (plain sums, no process group): outputs, gradients, running stats and eval mode equal BatchNorm."""
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(5, momentum=momentum)
+    nn.init.normal_(ref.weight), nn.init.normal_(ref.bias)
+    bn = convert_spmd_bn(copy.deepcopy(ref))
+    assert isinstance(bn, SPMDBatchNorm) and not dist.is_initialized()
+    for _ in range(2):  # two updates of the running statistics
+        x = (torch.randn(6, 5, 4, 3) * 3 + 2).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        upstream = torch.randn(6, 5, 4, 3)
+        y_ref, y = ref(x), bn(x2)
+        (y_ref * upstream).sum().backward()
+        (y * upstream).sum().backward()
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    bn.eval(), ref.eval()
+    x = torch.randn(2, 5, 4, 3)
+    torch.testing.assert_close(bn(x), ref(x), rtol=1e-5, atol=1e-5)
+    affine_free = convert_spmd_bn(nn.BatchNorm2d(5, affine=False)).eval()  # cBN's inner BatchNorm
+    torch.testing.assert_close(affine_free(x), nn.BatchNorm2d(5, affine=False).eval()(x))
+
+
+def _spmd_runtime(rank: int, hosts: int, devices: int) -> Runtime:
+    """A Runtime laid out as host ``rank`` of an SPMD run (on the CPU: only the layout logic is exercised)."""
+    return Runtime(RuntimeConfig(kind="cpu"), "xla", torch.device("cpu"), rank, hosts, 0, num_devices=devices,
+                   mesh=object())
+
+
+def test_spmd_layout_properties(rt: Runtime) -> None:
+    spmd = _spmd_runtime(0, 1, 4)
+    assert (spmd.batch_shards, spmd.hosts_share_model_rng, spmd.metric_shards) == (4, True, 1)
+    assert (rt.batch_shards, rt.hosts_share_model_rng) == (1, False)
+    net = spmd.place_model(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)))
+    assert isinstance(net[1], SPMDBatchNorm)  # G_ema too goes through place_model
+    assert not isinstance(rt.place_model(nn.Sequential(nn.BatchNorm2d(4)))[0], SPMDBatchNorm)
+
+
+def test_spmd_hosts_share_the_projection_seed_and_keep_their_own_z() -> None:
+    """Under SPMD every host feeds the replicated SMYRF projections from its own generator, so host 1's must equal
+    host 0's (they were re-seeded per rank); its z stream stays its own. Processes without a mesh (DDP) still get
+    their own hashing streams."""
+    from biggan.models import attention_rng_state
+    from biggan.training.config import Config
+    from biggan.training.state import TrainingState
+
+    smyrf = AttentionConfig(res=16, kind="smyrf", n_hashes=2, q_cluster_size=64, k_cluster_size=16)
+    cfg = Config(model=ModelConfig(resolution=32, dim_z=32, G=NetworkConfig(ch=4, attention=[smyrf]),
+                                   D=NetworkConfig(ch=4, attention=[])))
+
+    def draws(runtime: Runtime) -> tuple[dict, torch.Tensor]:
+        state = TrainingState(cfg, runtime)
+        return attention_rng_state(state.G_), torch.randn(4)
+
+    host0, z0 = draws(_spmd_runtime(0, 2, 8))
+    host1, z1 = draws(_spmd_runtime(1, 2, 8))
+    assert host0.keys() == host1.keys() and all(torch.equal(host0[k], host1[k]) for k in host0)
+    assert not torch.equal(z0, z1)
+    ddp_like = Runtime(RuntimeConfig(kind="cpu"), "xla", torch.device("cpu"), 1, 2, 0, num_devices=2)  # no mesh
+    other, _ = draws(ddp_like)
+    assert not all(torch.equal(host0[k], other[k]) for k in host0)

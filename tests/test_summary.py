@@ -149,3 +149,16 @@ def test_own_cluster_far_above_the_others_stays_finite():
     out, lse = cluster_summaries(q, k, v, perm_q, perm_k, 2, 1.0, "taylor")
     (out.sum() + lse.sum()).backward()
     assert all(torch.isfinite(t).all() for t in (out, lse, q.grad, k.grad, v.grad))
+
+
+def test_logaddexp_equals_torch_values_and_gradients() -> None:
+    """smyrf.summary.logaddexp (no host fallback on XLA) against torch.logaddexp, ties and large gaps included."""
+    from smyrf.summary import logaddexp
+
+    a = torch.tensor([0.0, 3.0, -50.0, 700.0, 1.5], dtype=torch.float64, requires_grad=True)
+    b = torch.tensor([0.0, -2.0, 40.0, 699.0, 1.5], dtype=torch.float64, requires_grad=True)
+    a2, b2 = (t.detach().clone().requires_grad_() for t in (a, b))
+    got, want = logaddexp(a, b), torch.logaddexp(a2, b2)
+    torch.testing.assert_close(got, want)
+    got.sum().backward(), want.sum().backward()
+    torch.testing.assert_close(a.grad, a2.grad), torch.testing.assert_close(b.grad, b2.grad)

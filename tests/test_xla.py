@@ -3,8 +3,10 @@
 ``scripts/xla_env.sh`` creates the venv (torch 2.9.0, torch-xla 2.9.0; ~4 GB download, first time only) under the user
 cache, keyed by requirements/xla.txt. tests/xla/checks.py runs there in two processes: one XLA device, then SPMD over
 ``CPU_NUM_DEVICES=2`` (SPMD is process-wide). This file compares their results with each other, with CPU eager mode,
-and with this (main-stack) process. Multi-process XLA (``xmp.spawn``) is not tested: its CPU collectives hang upstream
-(pytorch/xla #5005); SPMD is the multi-device path.
+and with this (main-stack) process. ``smyrf_spmd`` and ``step_spmd`` count the collectives in the optimised HLO (SMYRF
+alone; a whole training step and FID sampling on 2 and 4 devices); tests/xla/hosts.py simulates two SPMD hosts as two
+processes. Multi-process XLA (``xmp.spawn``) is not tested: its CPU collectives hang upstream (pytorch/xla #5005);
+SPMD is the multi-device path.
 
 If the venv cannot be created (no network), the tests fail under CI (``CI=true``) and skip elsewhere.
 """
@@ -184,3 +186,86 @@ def test_smyrf_under_spmd_keeps_the_batch_local(smyrf_spmd: dict, hashing: str) 
     assert not moved, f"collectives of activations: {moved}"
     assert smyrf_spmd["num_devices"] == 2 and run["out_sharding"].startswith("{devices=[2,1,1]")  # batch-sharded out
     assert run["max_rel_diff"] < 1e-4  # forward and gradients against CPU eager
+
+
+@pytest.mark.parametrize("summary", ["mean", "taylor"])
+def test_smyrf_cluster_summaries_under_spmd_keep_the_batch_local(smyrf_spmd: dict, summary: str) -> None:
+    """smyrf.summary's gathers and scatters (cluster means, each query's own cluster) are along the token axis with
+    per-row indices, so they too move nothing between devices."""
+    run = smyrf_spmd[f"projection+{summary}"]
+    moved = [f"{c['op']} {c['shape']}" for c in run["collectives"] if c["op"] != "all-reduce" or c["elements"] > 1]
+    assert not moved, f"collectives of activations: {moved}"
+    assert run["max_rel_diff"] < 1e-4
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2dev", "4dev"])
+def step_spmd(request: pytest.FixtureRequest, xla_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp(f"xla_step_spmd{request.param}")
+    dump = out / "hlo"
+    return _run_checks(xla_python, "step_spmd", out, request.param, "--dump", str(dump),
+                       xla_flags=collectives.dump_flags(dump))
+
+
+@pytest.mark.parametrize("program", ["d_step", "g_step"])
+def test_training_step_under_spmd_moves_only_gradients_and_statistics(step_spmd: dict, program: str) -> None:
+    """One D step and one G step (SMYRF in G, accumulation 2) on 2 and 4 SPMD devices: the optimised HLO has
+    all-reduces no larger than a parameter (gradients; BatchNorm's (2C+1,) sums) and nothing else. Before, on 2
+    devices: D step 18 all-gathers of activations (f32[4,32,32,32], ...), 6 all-to-alls, 8 collective-permutes; G step
+    26 all-gathers (chunk/cat along the sharded batch axis, and XLA's batch-norm ops, which are not partitioned)."""
+    run = step_spmd[program]
+    assert run["modules"] == 1  # one program per step: nothing cut the graph
+    moved = [f"{c['op']} {c['shape']}" for c in run["collectives"]
+             if c["op"] != "all-reduce" or c["elements"] > step_spmd["max_param_elements"]]
+    assert not moved, f"{program} on {step_spmd['num_devices']} devices moves activations: {moved}"
+    assert run["counts"]["all-reduce"] > 0  # the gradients are reduced (SPMD really partitioned the step)
+    assert all(math.isfinite(v) for v in step_spmd["losses"].values())
+
+
+def test_fid_sampling_under_spmd_is_sharded(step_spmd: dict) -> None:
+    """FID fakes are generated on z sharded like a training batch: each device's program returns its own rows, and
+    the only collective is the one all-gather of the finished images for the host (before: z unsharded, every device
+    generated the whole batch, with no collective at all)."""
+    run, b, n = step_spmd["fid_sample"], step_spmd["batch"], step_spmd["num_devices"]
+    image = f"[{{}},3,{checks.RES},{checks.RES}]"
+    shard = f"f32{image.format(b // n)}"
+    assert any(shard in result for result in run["results"]), run["results"]  # the generator returns one shard
+    moved = [f"{c['op']} {c['shape']}" for c in run["collectives"]]
+    assert moved in ([], [f"all-gather f32{image.format(b)}"]), moved
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_hosts(xla_python: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """tests/xla/hosts.py as host 0 and host 1 of a simulated multi-host SPMD run (what is simulated: its docstring)."""
+    out = tmp_path_factory.mktemp("xla_hosts")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "XLA_FLAGS")}
+    env.update(PYTHONPATH=str(ROOT), PJRT_DEVICE="CPU", CPU_NUM_DEVICES="1", TF_CPP_MIN_LOG_LEVEL="2",
+               MASTER_ADDR="localhost", MASTER_PORT=str(_free_port()))
+    procs = [subprocess.Popen([str(xla_python), str(ROOT / "tests" / "xla" / "hosts.py"), "--rank", str(rank),
+                               "--world", "2", "--out", str(out)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [proc.communicate(timeout=600)[0] for proc in procs]
+    for proc, log in zip(procs, logs):
+        assert proc.returncode == 0, log[-4000:]
+    return [json.loads((out / f"host{rank}.json").read_text()) for rank in (0, 1)]
+
+
+def test_multi_host_barrier_waits_for_every_host(two_hosts: list[dict]) -> None:
+    """Host 1 passes the barrier only after host 0 wrote its file (xm.rendezvous, used before, returned at once
+    under SPMD: host 1 looked too early); gather_to_main collects both hosts' states on host 0."""
+    assert [h["world_size"] for h in two_hosts] == [2, 2]
+    assert all(h["saw_host0_file_after_barrier"] for h in two_hosts)
+    assert two_hosts[0]["gathered"] == 2 and two_hosts[0]["same_projection_rng"] and two_hosts[0]["distinct_z_rng"]
+
+
+def test_multi_host_spmd_shares_one_projection_seed(two_hosts: list[dict]) -> None:
+    """SMYRF's projections are a replicated input under SPMD: every host draws the same ones; z stays per host."""
+    assert two_hosts[0]["projection_rng"] == two_hosts[1]["projection_rng"]
+    assert two_hosts[0]["z_rng"] != two_hosts[1]["z_rng"]

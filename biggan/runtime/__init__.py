@@ -3,8 +3,9 @@
 ``memory.py`` peak-memory probes; ``config.py`` its config section.
 """
 
-from biggan.runtime.batchnorm import CrossReplicaBatchNorm, convert_cross_replica_bn
+from biggan.runtime.batchnorm import CrossReplicaBatchNorm, SPMDBatchNorm, convert_cross_replica_bn, convert_spmd_bn
 from biggan.runtime.config import RuntimeConfig
 from biggan.runtime.seam import Runtime
 
-__all__ = ["Runtime", "RuntimeConfig", "CrossReplicaBatchNorm", "convert_cross_replica_bn"]
+__all__ = ["Runtime", "RuntimeConfig", "CrossReplicaBatchNorm", "SPMDBatchNorm", "convert_cross_replica_bn",
+           "convert_spmd_bn"]

@@ -17,6 +17,9 @@ host (``gcloud compute tpus tpu-vm ssh NAME --worker=all --command "PJRT_DEVICE=
 host is one process (``rank`` = host index, ``world_size`` = hosts); the mesh spans every device of the pod; each host
 reads its own data shard of ``local_batch_size`` images and :meth:`Runtime.shard_batch` assembles the global batch
 from the hosts' parts. Host 0 logs and writes checkpoints (parameters are replicated, so host copies are local).
+The hosts join a gloo process group over torch-xla's ``xla://`` rendezvous at setup, for :meth:`Runtime.barrier` and
+:meth:`Runtime.gather_to_main` (``xm.rendezvous`` is a no-op under SPMD, pytorch/xla#9479); a replicated input (SMYRF's
+projections) is one global value, so every host must draw the same one (:attr:`Runtime.hosts_share_model_rng`).
 
 GAN + DDP rule: wrap G and D with :meth:`Runtime.wrap_model`; in the G step call the discriminator through
 :meth:`Runtime.unwrap` (D's gradients are not wanted there, and DDP would wait for them); in the D step G runs under
@@ -43,7 +46,7 @@ import torch.nn as nn
 
 from biggan.errors import ConfigError
 from biggan.runtime import memory
-from biggan.runtime.batchnorm import convert_sync_bn, has_batch_statistics
+from biggan.runtime.batchnorm import convert_spmd_bn, convert_sync_bn, has_batch_statistics
 from biggan.runtime.config import RuntimeConfig
 
 __all__ = ["Runtime"]
@@ -128,6 +131,7 @@ class Runtime:
         self.num_devices = num_devices  # devices the global batch is split over
         self.is_main = rank == 0  # logging, checkpoints, FID writes happen here only
         self._mesh = mesh  # xla SPMD: 1-D device mesh named 'data'
+        self._host_group = False  # multi-host SPMD: the hosts' gloo group (barrier, gather_to_main) is joined
 
     # -- construction ---------------------------------------------------------------------------------------------
 
@@ -171,7 +175,23 @@ class Runtime:
             rank, world_size = xr.process_index(), xr.process_count()
         else:
             num_devices, rank, world_size = 1, 0, 1
-        return cls(cfg, "xla", torch_xla.device(), rank, world_size, 0, num_devices=num_devices, mesh=mesh)
+        runtime = cls(cfg, "xla", torch_xla.device(), rank, world_size, 0, num_devices=num_devices, mesh=mesh)
+        if world_size > 1:
+            runtime._join_hosts("xla://")
+        return runtime
+
+    def _join_hosts(self, init_method: str) -> None:
+        """Join the hosts of a multi-host SPMD run in a gloo group (host-side collectives only: barrier, gathers).
+
+        ``xla://`` is torch-xla's rendezvous: under SPMD its rank and size are the process index and count, and the
+        store sits on host 0 (``MASTER_ADDR``, else the TPU's worker 0; ``MASTER_PORT``, default 12355).
+        """
+        import torch.distributed as dist
+
+        if init_method == "xla://":
+            import torch_xla.distributed.xla_backend  # noqa: F401  (registers the xla:// rendezvous handler)
+        dist.init_process_group("gloo", init_method=init_method, rank=self.rank, world_size=self.world_size)
+        self._host_group = True
 
     # -- batch sizes and placement -------------------------------------------------------------------------------
 
@@ -183,6 +203,19 @@ class Runtime:
     def local_batch_size(self, per_device_batch: int) -> int:
         """Images this process loads per step: one device's batch times the devices it feeds."""
         return per_device_batch * (self.num_devices // self.world_size)
+
+    @property
+    def batch_shards(self) -> int:
+        """Contiguous blocks the batch axis of a device tensor is split into, one per device: ``num_devices`` under
+        SPMD, 1 elsewhere (a DDP process holds its own whole tensor). The step's batch layouts keep them apart."""
+        return self.num_devices if self._mesh is not None else 1
+
+    @property
+    def hosts_share_model_rng(self) -> bool:
+        """True when every process must draw the same host randomness inside the model (SMYRF projections): under SPMD
+        a replicated input is one global value that each host feeds from its own copy, so the copies must agree (one
+        host, many devices: trivially). DDP processes each draw their own (decorrelated hashing)."""
+        return self._mesh is not None
 
     def host_rows(self, device_rows: int) -> int:
         """Rows of a device batch of ``device_rows`` that this process draws on its host before :meth:`shard_batch`.
@@ -198,14 +231,15 @@ class Runtime:
         """Move to the device (channels_last if asked); under several processes add cross-replica BN (if asked);
         compile (if asked); under several processes wrap in DDP.
 
-        On one process and under XLA SPMD the model is not wrapped (SPMD normalises over the global batch already).
+        On one process and under XLA SPMD the model is not wrapped (:meth:`place_model`; SPMD normalises over the global
+        batch already).
         ``runtime.compile`` compiles the module in place (``nn.Module.compile``): its ``state_dict`` keeps plain keys
         (no ``_orig_mod.``), :meth:`unwrap` gives the compiled module itself, so D inside the G step and G inside the
         D step run compiled too, and the EMA copy (made before wrapping) stays an eager module. Inside DDP this means
         the gradient all-reduce starts when the compiled backward has finished, not bucket by bucket (Dynamo's
         bucket-splitting applies only to a compiled DDP wrapper, which the unwrapped calls would bypass).
         """
-        model = model.to(self.device)
+        model = self.place_model(model)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)  # 4-D weights only; 1-D/2-D ones are unchanged
         distributed = self._distributed()
@@ -241,6 +275,13 @@ class Runtime:
         config G-128 holds 115 buffers, 63k values; D-128 36 buffers, 12k values); not timed here (no GPU).
         """
         return has_batch_statistics(model) and not self.cfg.sync_bn
+
+    def place_model(self, model: nn.Module) -> nn.Module:
+        """Move to the device, never wrapped (G_ema too): under SPMD its BatchNorms become
+        :class:`~biggan.runtime.batchnorm.SPMDBatchNorm` (same state dict), whose sums the partitioner splits over
+        the batch; torch's lowers to XLA batch-norm ops that all-gather the whole batch on every device."""
+        model = model.to(self.device)
+        return convert_spmd_bn(model) if self._mesh is not None else model
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The plain module inside a DDP wrapper (for EMA, checkpoints, and D inside the G step)."""
@@ -354,9 +395,10 @@ class Runtime:
     def gather_to_main(self, obj: Any) -> Optional[list[Any]]:
         """Every process's ``obj`` (picklable, small) as a list by rank on the main process, None on the others.
 
-        All processes must call it (checkpoint time: each one's RNG states). One process, SPMD included: ``[obj]``.
+        All processes must call it (checkpoint time: each one's RNG states): DDP ranks, or multi-host SPMD's hosts
+        (over their gloo group). One process, single-host SPMD included: ``[obj]``.
         """
-        if not self._distributed():
+        if not (self._distributed() or self._host_group):
             return [obj]
         import torch.distributed as dist
 
@@ -365,15 +407,11 @@ class Runtime:
         return gathered
 
     def barrier(self) -> None:
-        """Wait for every process (e.g. rank 0 writes a file the others then read)."""
-        if self._distributed():
+        """Wait for every process (e.g. rank 0 writes a file the others then read): DDP's group, or the SPMD hosts'."""
+        if self._distributed() or self._host_group:
             import torch.distributed as dist
 
             dist.barrier()
-        elif self.kind == "xla" and self.world_size > 1:
-            import torch_xla.core.xla_model as xm
-
-            xm.rendezvous("biggan.barrier")
 
     def _distributed(self) -> bool:
         return self.world_size > 1 and self.kind != "xla"
@@ -411,7 +449,7 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Leave the process group (call once at the end of a run, also after errors)."""
-        if self._distributed():
+        if self._distributed() or self._host_group:
             import torch.distributed as dist
 
             if dist.is_initialized():

@@ -106,7 +106,8 @@ class _Trainer:
         self.cfg, self.runtime, self.run_dir, self.log = cfg, runtime, run_dir, logger
         self.state = TrainingState(cfg, runtime)  # builds G and D first: placement errors before any data work
         self.loss_d, self.loss_g = LOSSES[cfg.train.loss]
-        self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate, sync=runtime.sync)
+        self.step_ctx = StepContext(runtime.optimizer_step, runtime.autocast, cfg.train.accumulate, sync=runtime.sync,
+                                    batch_shards=runtime.batch_shards)
         n_classes = class_count(cfg.model)
         self.fixed_z, self.fixed_y, self.grid_nrow = self._grid_latents(n_classes)
         self.augment = None if cfg.train.augment == "none" else DiffAugment(
@@ -381,8 +382,10 @@ class _Trainer:
 
         def sample_uint8(n: int) -> torch.Tensor:
             z = torch.randn(n, dim_z, generator=gen)  # (n, dim_z)
-            # all classes; the fakes stay on the device from G to the extractor (quantised there)
-            return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen), to_host=False))
+            # all classes. Sharded like a training batch (under SPMD every device generates n / devices of the fakes);
+            # they stay on the device from G to the extractor (quantised there, no round trip through the host).
+            return to_uint8(generate(st.G_ema, z, n, device, self._fake_labels(n, gen), place=rt.shard_batch,
+                                     to_host=False))
 
         start = time.perf_counter()
         values = self.fid(sample_uint8, reduce=rt.reduce_sum_, world_size=rt.metric_shards, rank=rt.rank)

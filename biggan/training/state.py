@@ -83,7 +83,7 @@ class TrainingState:
         seed_everything(cfg.seed)  # same weights on every process (DDP also broadcasts them from rank 0)
         G, D = build_generator(cfg.model), build_discriminator(cfg.model)
         self.ema = EMA(G, cfg.train.ema_decay, cfg.train.ema_start, buffers=cfg.train.ema_buffers)
-        self.ema.model.to(runtime.device)
+        runtime.place_model(self.ema.model)  # never DDP-wrapped; SPMD BatchNorm under SPMD (in place)
         self.G, self.D = runtime.wrap_model(G), runtime.wrap_model(D)
         # LeanAdam: torch's Adam, minus the first-moment buffer that BigGAN's beta1 = 0 leaves unused.
         self.opt_G = LeanAdam(self.G_.parameters(), **self._adam_settings("G"))
@@ -147,10 +147,14 @@ class TrainingState:
         return self.ema.model
 
     def _decorrelate_processes(self, rank: int, salt: int) -> None:
-        """Give every process its own z stream and SMYRF hashing stream (the SMYRF run used one seed everywhere).
+        """Give every process its own z stream and, unless the runtime says the hosts share it, its own SMYRF hashing
+        stream (the SMYRF run used one seed everywhere).
 
-        ``salt`` is the step when a resume cannot restore this process's own generators (the checkpoint was written by
-        another number of processes): the other ranks then draw fresh ones from that step.
+        Under SPMD (``runtime.hosts_share_model_rng``) the projections are a replicated input: every host keeps rank
+        0's generators (the model's seeds, or on resume the restored ones), while z and augmentation, which each host
+        feeds for its own rows, stay per host. ``salt`` is the step when a resume cannot restore this process's own
+        generators (the checkpoint was written by another number of processes): the other ranks then draw fresh ones
+        from that step.
         """
         if rank == 0:
             if salt == 0:
@@ -158,6 +162,8 @@ class TrainingState:
             return  # rank 0 keeps the model's own SMYRF seeds (and on resume its restored generators)
         seed_everything(_stream_seed(self.cfg.seed + salt, rank))
         self.augment_rng.set_state(_augment_generator(self.cfg.seed + salt, rank).get_state())
+        if self.runtime.hosts_share_model_rng:
+            return
         for net in (self.G_, self.D_):
             states = attention_rng_state(net)
             fresh = {

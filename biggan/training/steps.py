@@ -5,12 +5,15 @@ here calls ``.item()``, prints a tensor or branches on a tensor value, so a step
 cuts the graph on XLA); the loop sums the returned tensors and reads them once per tick.
 
 BigGAN details kept here:
-- D sees ``cat(x_fake, x_real)`` in one forward (one BN/SN pass over both halves), with G under ``no_grad``.
+- D sees fakes and reals in one forward (one SN power iteration for both; D has no BatchNorm), with G under
+  ``no_grad``; the two are interleaved by batch block (:mod:`biggan.training.batch_layout`), which is ``cat(x_fake,
+  x_real)`` on one device and keeps each SPMD device's rows on it.
 - Fresh z for every D step and for the G step (the caller draws it).
 - ``requires_grad`` is switched off for the network that is not being trained, so no gradient is computed for it.
 - ``augment`` (DiffAugment, :mod:`biggan.training.augment`): D sees ``augment(x)`` for fakes and reals in the D step
   (each half drawn separately, same policy) and for the fakes in the G step, whose gradient flows through it.
 - Gradient accumulation splits the batch into ``accumulate`` micro-batches, each loss scaled by ``1/accumulate``;
+  each micro-batch takes a part of every batch block (``batch_layout.micro_batches``: ``chunk`` on one device), and
   each micro-batch of the trained network runs inside ``ctx.sync(net, last)`` (DDP: no all-reduce until the last).
 - Under bf16 autocast the logits are cast to fp32 before the loss; SN power iteration and SMYRF hashing keep fp32
   inside the model layers.
@@ -27,6 +30,7 @@ from typing import Callable, ContextManager, Optional
 import torch
 from torch import Tensor, nn
 
+from biggan.training.batch_layout import micro_batches, pair_by_block, unpair_by_block
 from biggan.training.losses import DLoss
 
 __all__ = ["StepContext", "d_step", "g_step", "set_requires_grad", "grad_norm"]
@@ -46,12 +50,14 @@ class StepContext:
         accumulate: micro-batches per update; each micro-batch loss is scaled by ``1/accumulate``.
         sync: ``runtime.sync``: ``sync(net, last)`` is the context of one micro-batch's forward and backward of the
             trained network (DDP's ``no_sync`` unless ``last``); the default is a no-op context.
+        batch_shards: ``runtime.batch_shards``, the blocks the batch axis is split into (SPMD devices; 1 elsewhere).
     """
 
     optimizer_step: Callable[[torch.optim.Optimizer], None]
     autocast: Callable[[], ContextManager]
     accumulate: int = 1
     sync: Callable[[nn.Module, bool], ContextManager] = _always_sync
+    batch_shards: int = 1
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -72,11 +78,6 @@ def grad_norm(module: nn.Module) -> Tensor:
         return torch.zeros((), device=next(module.parameters()).device)
     # foreach=None: fused where torch has foreach kernels (CUDA), the per-tensor norms elsewhere (CPU, XLA)
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=None)
-
-
-def _chunks(x: Optional[Tensor], n: int) -> list[Optional[Tensor]]:
-    """Split along the batch dim into ``n`` equal micro-batches (None stays None)."""
-    return [None] * n if x is None else list(x.chunk(n))
 
 
 def d_step(
@@ -106,19 +107,18 @@ def d_step(
     set_requires_grad(D, True)
     opt_D.zero_grad(set_to_none=True)
     out = {key: torch.zeros((), device=x_real.device) for key in ("D_real", "D_fake", "D_out_real", "D_out_fake")}
-    accumulate = ctx.accumulate
-    for index, (x_mb, z_mb, y_mb) in enumerate(zip(x_real.chunk(accumulate), z.chunk(accumulate),
-                                                    _chunks(y, accumulate))):
+    accumulate, shards = ctx.accumulate, ctx.batch_shards
+    for index, (x_mb, z_mb, y_mb) in enumerate(zip(*(micro_batches(t, accumulate, shards) for t in (x_real, z, y)))):
         with torch.no_grad(), ctx.autocast():
             x_fake = G(z_mb, y_mb)
         x_fake = x_fake.to(x_mb.dtype)
         if augment is not None:
             x_fake, x_mb = augment(x_fake), augment(x_mb)  # same policy, each image its own draw
-        y_both = None if y_mb is None else torch.cat([y_mb, y_mb])
+        y_both = None if y_mb is None else pair_by_block(y_mb, y_mb, shards)  # (2B,)
         with ctx.sync(D, index == accumulate - 1):
             with ctx.autocast():
-                logits = D(torch.cat([x_fake, x_mb]), y_both)  # (2B,)
-            d_fake, d_real = logits.float().split([x_fake.shape[0], x_mb.shape[0]])  # (B,), (B,)
+                logits = D(pair_by_block(x_fake, x_mb, shards), y_both)  # (2B,)
+            d_fake, d_real = unpair_by_block(logits.float(), shards)  # (B,), (B,)
             terms = loss(d_real, d_fake)
             (terms.total / accumulate).backward()
         out["D_real"] += terms.real.detach() / accumulate
@@ -164,7 +164,7 @@ def g_step(
     opt_G.zero_grad(set_to_none=True)
     out = {"G": torch.zeros((), device=z.device)}
     accumulate = ctx.accumulate
-    for index, (z_mb, y_mb) in enumerate(zip(z.chunk(accumulate), _chunks(y, accumulate))):
+    for index, (z_mb, y_mb) in enumerate(zip(*(micro_batches(t, accumulate, ctx.batch_shards) for t in (z, y)))):
         with ctx.sync(G, index == accumulate - 1):  # forward and backward: DDP decides in the forward
             with ctx.autocast():
                 x_fake = G(z_mb, y_mb)  # (B, 3, h, w)

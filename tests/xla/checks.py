@@ -4,13 +4,16 @@
     checks.py spmd   --out DIR                   # SPMD data parallel (run with CPU_NUM_DEVICES=2)
     checks.py smyrf_spmd --out DIR --dump DUMP   # SMYRF's collectives under SPMD (CPU_NUM_DEVICES=2, XLA_FLAGS dumping
                                                  # the HLO into DUMP: collectives.dump_flags)
+    checks.py step_spmd --out DIR --dump DUMP    # one whole training step's collectives, and the FID sampling
+                                                 # program's (CPU_NUM_DEVICES=2 or 4, XLA_FLAGS dumping as above)
 
 ``single``: SMYRF attention and DiffAugment on XLA against CPU (values, gradients, no recompilation for new values, no
 host reads); a few BigGAN D+G steps with SMYRF in G on XLA against the same steps in CPU eager mode; compile and step
 times; a checkpoint written from XLA (for the test to load on CPU) and the CPU-written ``--cpu-ckpt`` loaded onto XLA.
 ``spmd``: the same training steps and DiffAugment with the global batch sharded over the devices. ``smyrf_spmd``:
 smyrf_attention forward + backward on batch-sharded q, k, v (both hashings): the collectives of the optimised HLO and
-the values against CPU eager. Results go to ``DIR/<mode>.json`` (+ files).
+the values against CPU eager. ``step_spmd``: one D step + G step (SMYRF in G, accumulation 2) and one FID sampling
+batch on batch-sharded inputs: the collectives of each optimised program. Results go to ``DIR/<mode>.json`` (+ files).
 
 Shape legend: B batch, C channels, h×w spatial size; Nq, Nk queries/keys; d key dim; dv value dim.
 """
@@ -253,6 +256,7 @@ def _collectives_module():
 
 
 SMYRF_SPMD_SHAPES = dict(batch=4, nq=1024, nk=256, d=12, dv=48)  # the shapes of the issue's measurement
+SMYRF_SPMD_CASES = (("projection", "none"), ("kdtree", "none"), ("projection", "mean"), ("projection", "taylor"))
 
 
 def smyrf_spmd(out: Path, dump: Path) -> dict[str, Any]:
@@ -262,13 +266,14 @@ def smyrf_spmd(out: Path, dump: Path) -> dict[str, Any]:
     import torch_xla
     b, nq, nk, d, dv = (SMYRF_SPMD_SHAPES[key] for key in ("batch", "nq", "nk", "d", "dv"))
     result: dict[str, Any] = {"num_devices": rt.num_devices}
-    for hashing in ("projection", "kdtree"):
+    for hashing, summary in SMYRF_SPMD_CASES:
         g = torch.Generator().manual_seed(0)
         host = [torch.randn(b, n, c, generator=g) for n, c in ((nq, d), (nk, d), (nk, dv))]  # (B, N, .) q, k, v
 
         def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             out = smyrf_attention(q, k, v, n_hashes=2, q_cluster_size=256, k_cluster_size=64, scale=1.0,
-                                  hashing=hashing, generator=torch.Generator().manual_seed(1))  # (B, Nq, dv)
+                                  hashing=hashing, summary=summary,
+                                  generator=torch.Generator().manual_seed(1))  # (B, Nq, dv)
             (out * out).sum().backward()
             return out
 
@@ -281,7 +286,7 @@ def smyrf_spmd(out: Path, dump: Path) -> dict[str, Any]:
         cpu = [x.clone().requires_grad_() for x in host]
         cpu_out = run(*cpu)
         pairs = zip([xla_out, *(x.grad for x in xla)], [cpu_out, *(x.grad for x in cpu)])
-        result[hashing] = {
+        result[hashing if summary == "none" else f"{hashing}+{summary}"] = {
             "collectives": found, "counts": collectives.count(found),
             "max_rel_diff": max(float((a.detach().cpu() - e).abs().max() / e.abs().max()) for a, e in pairs),
             "out_sharding": torch_xla._XLAC._get_xla_sharding_spec(xla_out),
@@ -289,17 +294,81 @@ def smyrf_spmd(out: Path, dump: Path) -> dict[str, Any]:
     return result
 
 
+STEP_ACCUMULATE = 2  # micro-batches in step_spmd's D and G steps
+
+
+def step_spmd(out: Path, dump: Path) -> dict[str, Any]:
+    """One full training step under SPMD, as the loop runs it, and one FID sampling batch: their collectives.
+
+    The global batch is 2 images per device per micro-batch (``STEP_ACCUMULATE`` micro-batches), so every device holds
+    rows of every micro-batch. Reported per program: every collective of its optimised HLO, and the largest parameter
+    (in elements), the bound for an all-reduce that can be a gradient's (or BN statistics', which are smaller).
+    """
+    collectives = _collectives_module()
+    from biggan.generation.generate import generate
+
+    rt = Runtime.setup(RuntimeConfig(kind="xla", spmd=True))
+    torch.manual_seed(0)
+    G = rt.wrap_model(build_generator(model_config()))
+    D = rt.wrap_model(build_discriminator(model_config()))
+    opt_G = LeanAdam(G.parameters(), lr=2e-4, betas=(0.0, 0.999))
+    opt_D = LeanAdam(D.parameters(), lr=4e-4, betas=(0.0, 0.999))
+    batch = 2 * STEP_ACCUMULATE * rt.num_devices
+    data = torch.Generator().manual_seed(1234)
+    x_real = torch.rand(batch, 3, RES, RES, generator=data) * 2 - 1  # (B, 3, h, w)
+    z_d, z_g = torch.randn(batch, DIM_Z, generator=data), torch.randn(batch, DIM_Z, generator=data)  # (B, dim_z)
+    ctx = StepContext(rt.optimizer_step, rt.autocast, STEP_ACCUMULATE, **_step_layout(rt))
+    result: dict[str, Any] = {"num_devices": rt.num_devices, "batch": batch, "accumulate": STEP_ACCUMULATE,
+                              "max_param_elements": max(p.numel() for net in (G, D) for p in net.parameters())}
+    programs = {}
+    before = collectives.dumped(dump)
+    stats = d_step(G, D, opt_D, x_real=rt.shard_batch(x_real), z=rt.shard_batch(z_d), loss=hinge_d, ctx=ctx)
+    rt.mark_step()
+    programs["d_step"] = collectives.modules_since(dump, before)
+    before = collectives.dumped(dump)
+    stats.update(g_step(G, rt.unwrap(D), opt_G, z=rt.shard_batch(z_g), loss=hinge_g, ctx=ctx))
+    rt.mark_step()
+    programs["g_step"] = collectives.modules_since(dump, before)
+    result["losses"] = rt.reduce_mean({k: stats[k] for k in ("D_real", "D_fake", "G")})
+    before = collectives.dumped(dump)
+    fakes = generate(rt.unwrap(G), z_g, batch, rt.device, **_sample_placement(rt))  # (B, 3, h, w) on the host
+    programs["fid_sample"] = collectives.modules_since(dump, before)
+    result["fid_sample_shape"] = list(fakes.shape)
+    for name, modules in programs.items():
+        found = collectives.collectives(modules)
+        result[name] = {"modules": len(modules), "collectives": found, "counts": collectives.count(found),
+                        "results": [collectives.entry_result(text) for text in modules.values()]}
+    return result
+
+
+def _step_layout(rt: Runtime) -> dict[str, Any]:
+    """StepContext's batch layout arguments, where this tree has them (the check also runs on the code before)."""
+    fields = {f.name for f in dataclasses.fields(StepContext)}
+    return {"batch_shards": rt.batch_shards} if "batch_shards" in fields else {}
+
+
+def _sample_placement(rt: Runtime) -> dict[str, Any]:
+    """generate's placement argument, where this tree has it (the check also runs on the code before)."""
+    import inspect
+
+    from biggan.generation.generate import generate
+
+    return {"place": rt.shard_batch} if "place" in inspect.signature(generate).parameters else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["single", "spmd", "smyrf_spmd"])
+    parser.add_argument("mode", choices=["single", "spmd", "smyrf_spmd", "step_spmd"])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cpu-ckpt", type=Path)
-    parser.add_argument("--dump", type=Path, help="the --xla_dump_to directory (smyrf_spmd)")
+    parser.add_argument("--dump", type=Path, help="the --xla_dump_to directory (smyrf_spmd, step_spmd)")
     args = parser.parse_args()
     if args.mode == "single":
         result = single(args.out, args.cpu_ckpt)
+    elif args.mode == "spmd":
+        result = spmd(args.out)
     else:
-        result = spmd(args.out) if args.mode == "spmd" else smyrf_spmd(args.out, args.dump)
+        result = (smyrf_spmd if args.mode == "smyrf_spmd" else step_spmd)(args.out, args.dump)
     (args.out / f"{args.mode}.json").write_text(json.dumps(result, indent=1))
 
 

@@ -61,6 +61,14 @@ def collectives(modules: dict[str, str]) -> list[dict]:
     return found
 
 
+def entry_result(text: str) -> str:
+    """The result type of a module's ENTRY computation (what each device's program returns), layouts dropped: a
+    partitioned program returns its own shard, ``f32[4,3,32,32]`` of a batch of 8 on 2 devices."""
+    entry = text[text.index("\nENTRY"):]
+    root = re.search(r"ROOT\s+\S+\s*=\s*(\(.*?\)|\S+)\s+[a-z][a-z0-9-]*\(", entry)
+    return re.sub(r"\{[^}]*\}|/\*[^*]*\*/", "", root[1]) if root else ""
+
+
 def count(found: list[dict]) -> dict[str, int]:
     """Number of collectives of each kind (every kind present, 0 when absent)."""
     return {kind: sum(c["op"] == kind for c in found) for kind in KINDS}
