@@ -7,6 +7,8 @@ overrides on a command line and set ``OMP_NUM_THREADS`` in the child's environme
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -78,3 +80,19 @@ def smyrf_cuda_check():
     """benchmarks/smyrf_cuda_check.py: the GPU check, whose accuracy measures (inputs at a given largest logit, worst
     per-row error) the CPU tests share."""
     return _load("benchmarks/smyrf_cuda_check.py")
+
+
+# XLA:CPU compiles with LLVM at full optimisation by default: a BigGAN step then takes minutes to compile on 2 cores.
+# Level 0 compiles ~4x faster; these tests check correctness, not XLA:CPU's code quality.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+@pytest.fixture(scope="session")
+def xla_python() -> Path:
+    proc = subprocess.run([str(ROOT / "scripts" / "xla_env.sh")], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        reason = f"scripts/xla_env.sh could not create the torch-xla venv: {proc.stderr.strip()[-1500:]}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python"

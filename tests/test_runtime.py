@@ -124,35 +124,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_cross_replica_bn_matches_batchnorm_on_one_process(momentum: float | None) -> None:
-    """With one process the global batch is the local batch: outputs, gradients and running stats equal BatchNorm."""
+def _check_bn_matches_batchnorm(convert, cls: type, momentum: float | None) -> None:
+    """``convert(BatchNorm2d)``: outputs, input and affine gradients, running stats (two updates) and eval mode equal
+    BatchNorm's, and an affine-free layer (conditional BN's inner one) converts too."""
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(5, momentum=momentum)
     nn.init.normal_(ref.weight), nn.init.normal_(ref.bias)
-    crbn = convert_cross_replica_bn(copy.deepcopy(ref))
-    assert isinstance(crbn, CrossReplicaBatchNorm)
+    bn = convert(copy.deepcopy(ref))
+    assert isinstance(bn, cls)
+    for _ in range(2):  # two updates of the running statistics
+        x = (torch.randn(6, 5, 4, 3) * 3 + 2).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        upstream = torch.randn(6, 5, 4, 3)
+        y_ref, y = ref(x), bn(x2)
+        (y_ref * upstream).sum().backward()
+        (y * upstream).sum().backward()
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked)
+    bn.eval(), ref.eval()
+    x = torch.randn(2, 5, 4, 3)
+    torch.testing.assert_close(bn(x), ref(x), rtol=1e-5, atol=1e-5)
+    affine_free = convert(nn.BatchNorm2d(5, affine=False)).eval()
+    torch.testing.assert_close(affine_free(x), nn.BatchNorm2d(5, affine=False).eval()(x))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cross_replica_bn_matches_batchnorm_on_one_process(momentum: float | None) -> None:
+    """With one process the global batch is the local batch: CrossReplicaBatchNorm equals BatchNorm."""
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
-        for _ in range(2):  # two updates of the running statistics
-            x = (torch.randn(6, 5, 4, 3) * 3 + 2).requires_grad_()
-            x2 = x.detach().clone().requires_grad_()
-            upstream = torch.randn(6, 5, 4, 3)
-            y_ref, y = ref(x), crbn(x2)
-            (y_ref * upstream).sum().backward()
-            (y * upstream).sum().backward()
-            torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(crbn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(crbn.bias.grad, ref.bias.grad, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(crbn.running_mean, ref.running_mean)
-        torch.testing.assert_close(crbn.running_var, ref.running_var)
-        assert int(crbn.num_batches_tracked) == int(ref.num_batches_tracked)
-        crbn.eval(), ref.eval()
-        x = torch.randn(2, 5, 4, 3)
-        torch.testing.assert_close(crbn(x), ref(x))
+        _check_bn_matches_batchnorm(convert_cross_replica_bn, CrossReplicaBatchNorm, momentum)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_spmd_bn_matches_batchnorm(momentum: float | None) -> None:
+    """SPMDBatchNorm (plain sums, no process group): equals BatchNorm."""
+    assert not dist.is_initialized()
+    _check_bn_matches_batchnorm(convert_spmd_bn, SPMDBatchNorm, momentum)
 
 
 # -- DDP hooks, process group, CUDA settings, channels_last, compile (CPU checks of the CUDA path) ---------------------
@@ -369,33 +384,6 @@ def test_compile_on_the_demo_model_trains_like_eager(tmp_path, tiny_config) -> N
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (got["step"], key)
     for net in ("G", "D", "G_ema"):
         assert set(ckpt[net]) == set(eager_ckpt[net]) and not any("_orig_mod" in k for k in ckpt[net])
-
-
-@pytest.mark.parametrize("momentum", [0.1, None])
-def test_spmd_bn_matches_batchnorm(momentum: float | None) -> None:
-    """SPMDBatchNorm (plain sums, no process group): outputs, gradients, running stats and eval mode equal BatchNorm."""
-    torch.manual_seed(0)
-    ref = nn.BatchNorm2d(5, momentum=momentum)
-    nn.init.normal_(ref.weight), nn.init.normal_(ref.bias)
-    bn = convert_spmd_bn(copy.deepcopy(ref))
-    assert isinstance(bn, SPMDBatchNorm) and not dist.is_initialized()
-    for _ in range(2):  # two updates of the running statistics
-        x = (torch.randn(6, 5, 4, 3) * 3 + 2).requires_grad_()
-        x2 = x.detach().clone().requires_grad_()
-        upstream = torch.randn(6, 5, 4, 3)
-        y_ref, y = ref(x), bn(x2)
-        (y_ref * upstream).sum().backward()
-        (y * upstream).sum().backward()
-        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(x2.grad, x.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(bn.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(bn.running_mean, ref.running_mean)
-    torch.testing.assert_close(bn.running_var, ref.running_var)
-    bn.eval(), ref.eval()
-    x = torch.randn(2, 5, 4, 3)
-    torch.testing.assert_close(bn(x), ref(x), rtol=1e-5, atol=1e-5)
-    affine_free = convert_spmd_bn(nn.BatchNorm2d(5, affine=False)).eval()  # cBN's inner BatchNorm
-    torch.testing.assert_close(affine_free(x), nn.BatchNorm2d(5, affine=False).eval()(x))
 
 
 def _spmd_runtime(rank: int, hosts: int, devices: int) -> Runtime:

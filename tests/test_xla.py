@@ -27,6 +27,7 @@ import torch
 from biggan.models import build_discriminator, build_generator, load_state_strict
 from biggan.checkpoint import load_checkpoint, save_checkpoint
 from biggan.training.optimizer import LeanAdam
+from tests.conftest import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,22 +44,6 @@ checks = _load_module(ROOT / "tests" / "xla" / "checks.py")  # model config and 
 collectives = _load_module(ROOT / "tests" / "xla" / "collectives.py")
 
 pytestmark = [pytest.mark.xla, pytest.mark.slow]
-
-# XLA:CPU compiles with LLVM at full optimisation by default: a BigGAN step then takes minutes to compile on 2 cores.
-# Level 0 compiles ~4x faster; these tests check correctness, not XLA:CPU's code quality.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-@pytest.fixture(scope="module")
-def xla_python() -> Path:
-    proc = subprocess.run([str(ROOT / "scripts" / "xla_env.sh")], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        reason = f"scripts/xla_env.sh could not create the torch-xla venv: {proc.stderr.strip()[-1500:]}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python"
-
 
 def _write_cpu_checkpoint(directory: Path) -> Path:
     """A main-stack (torch 2.14) checkpoint with non-trivial BN statistics, attention gamma and Adam state."""

@@ -11,26 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FAST_COMPILE
+
 ROOT = Path(__file__).resolve().parents[1]
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 pytestmark = [pytest.mark.xla, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def loader_result(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    proc = subprocess.run([str(ROOT / "scripts" / "xla_env.sh")], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        reason = f"scripts/xla_env.sh could not create the torch-xla venv: {proc.stderr.strip()[-1500:]}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    python = Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "python"
+def loader_result(tmp_path_factory: pytest.TempPathFactory, xla_python: Path) -> dict:
     out = tmp_path_factory.mktemp("xla_loader")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "XLA_FLAGS")}
     env.update(PYTHONPATH=str(ROOT), PJRT_DEVICE="CPU", CPU_NUM_DEVICES="2", XLA_FLAGS=FAST_COMPILE,
                TF_CPP_MIN_LOG_LEVEL="2")
-    run = subprocess.run([str(python), str(ROOT / "tests" / "xla" / "loader_check.py"), "--out", str(out)], env=env,
+    run = subprocess.run([str(xla_python), str(ROOT / "tests" / "xla" / "loader_check.py"), "--out", str(out)], env=env,
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"loader_check failed:\n{run.stdout[-3000:]}\n{run.stderr[-5000:]}"
     return json.loads((out / "loader.json").read_text())
