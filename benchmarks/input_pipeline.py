@@ -98,7 +98,8 @@ def measure(rt: Runtime, dataset: PreparedDataset, args: argparse.Namespace, kin
     rows = {name: {key: statistics.median(values) for key, values in t.items()} for name, t in times.items()}
     base, ahead = rows["in_step"], rows[f"prefetch{args.prefetch}"]
     return {"step": kind, "cases": rows, "ratio_read": ahead["read_s"] / base["read_s"],
-            "ratio_transform": ahead["transform_s"] / base["transform_s"], "ratio_step": ahead["step_s"] / base["step_s"]}
+            "ratio_transform": ahead["transform_s"] / base["transform_s"],
+            "ratio_step": ahead["step_s"] / base["step_s"]}
 
 
 def main() -> int:

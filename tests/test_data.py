@@ -47,7 +47,9 @@ class Indexed:
 def ids(batch: HostBatch | torch.Tensor) -> list[int]:
     """Which images of :class:`Indexed` a host batch (uint8) or a model-input batch (float in [-1, 1]) holds."""
     x = batch.images if isinstance(batch, HostBatch) else batch
-    return x[:, 0, 0, 0].long().tolist() if x.dtype == torch.uint8 else ((x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
+    if x.dtype == torch.uint8:
+        return x[:, 0, 0, 0].long().tolist()
+    return ((x[:, 0, 0, 0] + 1) * 127.5).round().long().tolist()
 
 
 def same(a: HostBatch, b: HostBatch) -> bool:
@@ -198,7 +200,8 @@ def test_stream_resume_is_bit_identical(demo):
 
 
 def test_stream_xflip_is_deterministic_and_flips_some(demo):
-    plain, flipped, again = (model_input(*next(BatchStream(demo, 32, seed=1, xflip=x))[:2]) for x in (False, True, True))
+    streams = (BatchStream(demo, 32, seed=1, xflip=x) for x in (False, True, True))
+    plain, flipped, again = (model_input(*next(stream)[:2]) for stream in streams)
     assert torch.equal(flipped, again)
     same = [torch.equal(p, f) for p, f in zip(plain, flipped)]
     mirrored = [torch.equal(p.flip(2), f) for p, f in zip(plain, flipped)]

@@ -77,8 +77,8 @@ def test_resume_is_bit_identical(tmp_path, make_cfg, augment):
 
 
 def test_read_ahead_trains_the_synchronous_batches_and_resumes_at_the_consumed_one(make_cfg):
-    """data.prefetch=3 (queue full at every checkpoint) trains and resumes exactly as data.prefetch=0 (read in the step):
-    the checkpoint holds the batches the step consumed, not the ones read ahead."""
+    """data.prefetch=3 (queue full at every checkpoint) trains and resumes exactly as data.prefetch=0 (read in the
+    step): the checkpoint holds the batches the step consumed, not the ones read ahead."""
     flip = "data.xflip=true"
     straight = _train(make_cfg("sync", 4, flip, "data.prefetch=0"))
     assert _train(make_cfg("ahead", 2, flip, "data.prefetch=3"))["data"] == {**straight["data"], "epoch": 0,

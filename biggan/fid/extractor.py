@@ -4,8 +4,8 @@ Input is uint8 ``(B, 3, h, w)`` images, as if read back from PNG, so real and fa
 path as ``python -m pytorch_fid``: ``/255`` (its ``ToTensor``), bilinear resize to 299 (``align_corners=False``),
 scale to [-1, 1], then the network. Output is ``(B, dims)`` float64 on ``feature_device`` (the run's metric device: the
 GPU itself on cuda, so features never cross to the host; the host under XLA, whose devices lack fast float64);
-depths below 2048 are spatially averaged as pytorch-fid does. The module is pinned to eval mode: FIDs from a train-mode extractor are meaningless
-(pytorch-fid #118).
+depths below 2048 are spatially averaged as pytorch-fid does. The module is pinned to eval mode: FIDs from a
+train-mode extractor are meaningless (pytorch-fid #118).
 """
 
 from __future__ import annotations

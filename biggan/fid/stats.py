@@ -1,8 +1,8 @@
 """Streaming float64 feature statistics, the Fréchet distance, and their ``.npz`` file format.
 
-Statistics are kept as Σx, Σxxᵀ and n in float64 on the metric device (the GPU on cuda: no feature leaves it until the
-packed sums are reduced there; the host on cpu/xla, where float64 is slow on the device), so they stream (no feature matrix held), merge across
-processes by summing, and give the same mean and unbiased covariance as ``np.cov`` in pytorch-fid. The distance is
+Statistics are kept as Σx, Σxxᵀ and n in float64 on the metric device (the GPU on cuda: no feature leaves it until
+the packed sums are reduced there; the host on cpu/xla, where float64 is slow on the device), so they stream (no
+feature matrix held), merge across processes by summing, and give the same mean and unbiased covariance as ``np.cov`` in pytorch-fid. The distance is
 pytorch-fid's own ``calculate_frechet_distance`` (scipy ``sqrtm`` in float64), not a hand-written matrix square root:
 BigGAN-PyTorch's fp32 Newton–Schulz sqrt gives NaN at times (#49).
 

@@ -2,8 +2,8 @@
 
 :class:`MetricSuite` runs the FID evaluation (:class:`biggan.fid.evaluate.FIDEvaluator`, unchanged) with a
 :class:`FeatureTap` on its extractor, so the fakes' features that FID streams into its statistics are also kept
-(float64, ``num_samples`` × dims on the metric device: 164 MB at fid10k, 2048 dims). KID (:mod:`biggan.fid.kid`) and precision/
-recall (:mod:`biggan.fid.precision_recall`) then compare them with the reference features
+(float64, ``num_samples`` × dims on the metric device: 164 MB at fid10k, 2048 dims). KID (:mod:`biggan.fid.kid`)
+and precision/recall (:mod:`biggan.fid.precision_recall`) then compare them with the reference features
 (:mod:`biggan.fid.reference_features`). With several processes each one embeds its share; the shares are gathered with
 the same ``reduce`` (sum over processes) that FID uses, each process writing its rows into its own slot of a zero
 buffer, so every process ends with every fake's features and the same values. KID and PR arithmetic runs in float64

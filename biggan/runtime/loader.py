@@ -165,7 +165,8 @@ class _XlaFeed:
         first = next(stream)
         self._filled = [t is not None for t in first]
         self._keys = [str(i) for i, t in enumerate(first) if t is not None]
-        specs = {key: runtime.batch_sharding(t.dim()) for key, t in zip(self._keys, (t for t in first if t is not None))}
+        present = [t for t in first if t is not None]
+        specs = {key: runtime.batch_sharding(t.dim()) for key, t in zip(self._keys, present)}
         sharding = specs if all(spec is not None for spec in specs.values()) else None
         self._host = _Guarded(itertools.chain([first], stream), self._keys)
         # batches_per_execution: the step cuts its own graphs (Runtime.mark_step); at the default of 1 the loader calls

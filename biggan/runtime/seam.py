@@ -325,7 +325,7 @@ class Runtime:
 
     def device_loader(self, source: Callable[[], Any], on_device: Callable[..., Any], prefetch: int) -> Any:
         """Batches of the host stream ``source()`` on the device, read ``prefetch`` ahead (:mod:`biggan.runtime.loader`:
-        a thread with pinned memory on CUDA, torch-xla's MpDeviceLoader with this sharding on XLA; 0 = in the step)."""
+        a thread with pinned memory on CUDA, torch-xla's ParallelLoader with this sharding on XLA; 0 = in the step)."""
         from biggan.runtime.loader import DeviceLoader
 
         return DeviceLoader(self, source, on_device, prefetch)
@@ -398,7 +398,7 @@ class Runtime:
         All processes must call it (checkpoint time: each one's RNG states): DDP ranks, or multi-host SPMD's hosts
         (over their gloo group). One process, single-host SPMD included: ``[obj]``.
         """
-        if not (self._distributed() or self._host_group):
+        if not self._in_process_group():
             return [obj]
         import torch.distributed as dist
 
@@ -408,13 +408,17 @@ class Runtime:
 
     def barrier(self) -> None:
         """Wait for every process (e.g. rank 0 writes a file the others then read): DDP's group, or the SPMD hosts'."""
-        if self._distributed() or self._host_group:
+        if self._in_process_group():
             import torch.distributed as dist
 
             dist.barrier()
 
     def _distributed(self) -> bool:
         return self.world_size > 1 and self.kind != "xla"
+
+    def _in_process_group(self) -> bool:
+        """Whether this process is in a torch.distributed group: DDP's ranks, or multi-host SPMD's hosts (gloo)."""
+        return self._distributed() or self._host_group
 
     # -- host side -----------------------------------------------------------------------------------------------
 
@@ -449,7 +453,7 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Leave the process group (call once at the end of a run, also after errors)."""
-        if self._distributed() or self._host_group:
+        if self._in_process_group():
             import torch.distributed as dist
 
             if dist.is_initialized():

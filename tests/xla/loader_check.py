@@ -30,7 +30,8 @@ class Images:
     """24 random 8 px images; ``fail_at``: the call of get_batch that raises."""
 
     def __init__(self, fail_at: int | None = None) -> None:
-        self.pixels = torch.randint(0, 256, (24, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        gen = torch.Generator().manual_seed(0)
+        self.pixels = torch.randint(0, 256, (24, 3, 8, 8), generator=gen, dtype=torch.uint8)
         self.fail_at, self.calls = fail_at, 0
 
     def __len__(self) -> int:
