@@ -6,9 +6,8 @@ per case: images/s, peak memory, host syncs per step and the share of a step's w
 
 A case is a precision (``fp32``/``bf16``) with ``+modifiers``: ``staged`` replaces the real input pipeline by one batch
 already on the device (what the step costs without data loading); ``compile``/``channels_last`` set
-``runtime.compile``/``runtime.channels_last``; ``prefetch`` sets ``data.prefetch=2``. A modifier whose config key
-this tree does not have yet is a ``skipped`` row naming the key, not an error. Unlike ``train_step.py`` (one layer's
-attention cases side by side on synthetic tensors) this drives the real trainer, so the data stream, DiffAugment,
+``runtime.compile``/``runtime.channels_last``; ``prefetch`` sets ``data.prefetch=2``. Unlike ``train_step.py`` (one
+layer's attention cases side by side on synthetic tensors) this drives the real trainer, so the data stream, DiffAugment,
 EMA and whatever the runtime wraps the models in are all inside the measurement. Defaults: FID off, ``model.init=
 normal`` (orthogonal init of ch 96 is slow on a CPU and costs nothing per step), demo faces rendered into
 ``--data-dir`` (``data.kind=synthetic``) unless ``--set data.kind=...`` says otherwise.
@@ -70,7 +69,7 @@ def build_trainer(case: str, args: argparse.Namespace, work: Path) -> _Trainer:
     base = [f"out_dir={work}", f"name={case.replace('+', '_')}", "fid.every=0", "model.init=normal",
             f"train.batch_size={args.batch}", "log.attention_probe=false", "data.kind=synthetic",
             f"data.path={args.data_dir}", f"data.synthetic_num_images={args.images}"]
-    cfg = load_config(args.config, base + args.set + overrides)  # ConfigError: a key this tree does not have
+    cfg = load_config(args.config, base + args.set + overrides)
     runtime = Runtime.setup(cfg.runtime)
     run_dir = RunDir.for_run(cfg.out_dir, cfg.name)
     run_dir.create()
@@ -152,8 +151,8 @@ def measure(case: str, args: argparse.Namespace) -> dict:
         work = Path(tmp)
         try:
             trainer = build_trainer(case, args, work)
-        except ConfigError as err:
-            return {**row, "skipped": str(err).splitlines()[0][:160]}
+        except ConfigError as err:  # a bad --set or case override: this case's row says so, the others still run
+            return {**row, "error": str(err).splitlines()[0][:160]}
         cfg, rt = trainer.cfg, trainer.runtime
         images_per_step = trainer.global_batch * cfg.train.num_d_steps
         _steps(trainer, args.warmup)
@@ -166,7 +165,7 @@ def measure(case: str, args: argparse.Namespace) -> dict:
             row["syncs_per_step"], row["first_sync"] = count_syncs(trainer, args.sync_steps, work)
         row["busy"] = busy_share(trainer, args.profile_steps, work)
         row["tf32"] = torch.backends.cuda.matmul.allow_tf32 if rt.kind == "cuda" else None
-        row["prefetch"] = getattr(cfg.data, "prefetch", None)  # None: this tree has no data.prefetch yet
+        row["prefetch"] = cfg.data.prefetch
     return row
 
 
@@ -180,8 +179,8 @@ def _compiled(trainer: _Trainer) -> bool:
 def report(rows: list[dict]) -> None:
     print(f"{'case':<22}{'img/s':>9}{'s/step':>9}{'peak GiB':>10}{'syncs/step':>12}{'busy':>7}  notes")
     for r in rows:
-        if "skipped" in r or "error" in r:
-            print(f"{r['case']:<22}  {'skipped' if 'skipped' in r else 'error'}: {r.get('skipped') or r['error']}")
+        if "error" in r:
+            print(f"{r['case']:<22}  error: {r['error']}")
             continue
         syncs = "-" if r.get("syncs_per_step") is None else f"{r['syncs_per_step']:.2f}"
         busy = "-" if r.get("busy") is None else f"{100 * r['busy']:.0f}%"

@@ -15,7 +15,7 @@
 # stages to run, e.g. env,train; default all); GPU_CHECK_KEEP=1 keeps the scratch dir (weights, demo data).
 #
 # Stages, in order (each logged to OUT_DIR/logs/<stage>.log; a failing stage does not stop the others):
-#   env       torch/CUDA/cuDNN versions, GPU; where pytorch-fid came from; which issue-12 config keys this tree has
+#   env       torch/CUDA/cuDNN versions, GPU; where pytorch-fid came from
 #   lazy_fid  smyrf, biggan.config, models, runtime, the training loop import with pytorch_fid blocked
 #   fid       the random Inception weights file; pytorch-fid's InceptionV3 loaded from it, features on the device
 #   smyrf     benchmarks/smyrf_cuda_check.py: every kernel vs CPU fp32 (values, gradients); bf16 worst per-row error
@@ -30,9 +30,7 @@
 #   compile   the step stage's bf16 case with runtime.compile=true (last: compilation is the least predictable cost)
 #   ddp       the demo through torchrun on 2 GPUs (skipped on a 1-GPU machine)
 # Status per row: ok | FAILED | missed (a target not met: reported, not a failure) | skipped (with why) | TIMEOUT.
-# Keys from other issue-12 work (runtime.tf32/compile/channels_last, data.prefetch) are used when the tree has them;
-# a stage or case that needs a missing one is a skipped row naming the key. Exit status 0 unless something FAILED or
-# timed out.
+# Exit status 0 unless something FAILED or timed out.
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -9,14 +9,12 @@ Only torch is imported at module level: ``env`` and ``lazy-fid`` must run where 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, from anywhere
 SKIP = 77
-NEW_KEYS = (("runtime", "tf32"), ("runtime", "compile"), ("runtime", "channels_last"), ("data", "prefetch"))
 
 
 class Rows:
@@ -61,17 +59,6 @@ def env(args, rows: Rows) -> None:
         rows.add("pytorch-fid", "ok", f"{getattr(pytorch_fid, '__version__', '?')} from {where}")
     except ImportError as err:
         rows.add("pytorch-fid", "FAILED", f"not importable ({err}); carry .gpu_wheels/ (see the script header)")
-    try:
-        from biggan.data.config import DataConfig
-        from biggan.runtime.config import RuntimeConfig
-
-        sections = (("runtime", RuntimeConfig), ("data", DataConfig))
-        have = {s: {f.name for f in dataclasses.fields(c)} for s, c in sections}
-        present = [f"{s}.{k}" for s, k in NEW_KEYS if k in have[s]]
-        absent = [f"{s}.{k}" for s, k in NEW_KEYS if k not in have[s]]
-        rows.add("issue-12 keys", "", f"present: {', '.join(present) or '-'}; absent: {', '.join(absent) or '-'}")
-    except ImportError as err:
-        rows.add("issue-12 keys", "FAILED", f"config does not import: {err}")
 
 
 def lazy_fid(args, rows: Rows) -> None:
@@ -187,16 +174,15 @@ def steps(args, rows: Rows) -> None:
     ref = next((r for rs in files for r in rs if r["case"] == "bf16" and "img_per_s" in r), None)
     for case, r in by_case.items():
         if case not in measured:
-            status = "skipped" if "skipped" in r else "FAILED"
-            rows.add(f"step {case}", status, r.get("skipped") or r.get("error", ""))
+            rows.add(f"step {case}", "FAILED", r.get("error", ""))
     if not measured:
         if not by_case:
             rows.add("step", "FAILED", f"no results in {args.json[0]}")
         return
     one = next(iter(measured.values()))
-    prefetch = "absent" if one.get("prefetch") is None else one["prefetch"]
     tf32 = "" if one.get("tf32") is None else f", TF32 {'on' if one['tf32'] else 'off'}"
-    head = f"@{one['resolution']} batch {one['batch']} x {one['num_d_steps']} D steps (data.prefetch {prefetch}{tf32}):"
+    layout = f"@{one['resolution']} batch {one['batch']} x {one['num_d_steps']} D steps"
+    head = f"{layout} (data.prefetch {one['prefetch']}{tf32}):"
     parts = []
     for case, r in measured.items():
         text = f"{case} {r['img_per_s']:.0f} img/s ({r['peak_gib']:.1f} GiB"
